@@ -1,0 +1,18 @@
+"""The pool engine: psycopg2 and the standard library only, no Django."""
+
+from .config import PoolConfig
+from .errors import ConnectionReturned, PoolClosed, PoolTimeout, TooManyRequests
+from .handles import ConnectionHandle, PooledCursor
+from .pool import ConnectionPool, close_all_pools
+
+__all__ = [
+    "ConnectionHandle",
+    "ConnectionPool",
+    "ConnectionReturned",
+    "PoolClosed",
+    "PoolConfig",
+    "PoolTimeout",
+    "PooledCursor",
+    "TooManyRequests",
+    "close_all_pools",
+]

@@ -1,0 +1,115 @@
+"""Pool options: their defaults, and validation with messages that name the option."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+__all__ = ["PoolConfig", "RESET_MODES", "CLEANER_MODES", "TRACKING_LEVELS"]
+
+RESET_MODES = ("auto", "always", "rollback")
+CLEANER_MODES = ("thread", "inline")
+TRACKING_LEVELS = ("off", "counters", "stacks")
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolConfig:
+    """Everything that shapes one pool. Times are seconds; ``None`` means "no limit"."""
+
+    #: connections kept open even when idle (refilled by the cleaner)
+    min_size: int = 0
+    #: connections open at most, leased and idle together
+    max_size: int = 10
+    #: how long a checkout waits for a free connection before PoolTimeout
+    timeout: float = 30.0
+    #: requests allowed to queue for a connection; 0 means no limit
+    max_waiting: int = 0
+    #: close a connection this long after it was opened (with -10% jitter); 0 closes on return
+    max_lifetime: float | None = 60 * 60.0
+    #: close a connection idle this long in the pool (above min_size); 0 closes on return
+    max_idle: float | None = 10 * 60.0
+    #: close a connection after this many leases; 0 means no limit
+    max_uses: int = 0
+    #: libpq connect_timeout for new connections (bounds how long a request waits on a dead server)
+    connect_timeout: float = 5.0
+    #: an idle connection unused this long is pinged (SELECT 1) before it is handed out
+    ping_after: float | None = 30.0
+    #: "auto": full session reset only after statements that may change session state;
+    #: "always": full reset on every return; "rollback": only end the open transaction
+    reset: str = "auto"
+    #: "thread": a background thread closes idle/old connections and refills to min_size;
+    #: "inline": the same work runs on checkout/checkin, no thread
+    cleaner: str = "thread"
+    #: "off", "counters" (statistics only) or "stacks" (also where each lease was taken)
+    tracking: str = "stacks"
+
+    def __post_init__(self) -> None:
+        for error in self.errors():
+            raise ValueError(error)
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any] | bool | None) -> PoolConfig:
+        """Build a config from a settings mapping (``True`` or ``{}`` means the defaults)."""
+        if options is True or options is None:
+            return cls()
+        if not isinstance(options, dict):
+            raise ValueError(
+                f"must be True or a dict of pool options, not {type(options).__name__}"
+            )
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown option {unknown[0]!r}; allowed options are: {', '.join(sorted(known))}"
+            )
+        types = {field.name: field.type for field in dataclasses.fields(cls)}
+        for name, value in options.items():
+            _check_type(name, value, types[name])
+        return cls(**options)
+
+    def errors(self) -> list[str]:
+        problems = []
+        if self.max_size < 1:
+            problems.append(f"max_size must be at least 1, not {self.max_size}")
+        if self.min_size < 0:
+            problems.append(f"min_size must be 0 or more, not {self.min_size}")
+        if self.min_size > self.max_size:
+            problems.append(
+                f"min_size ({self.min_size}) must not be greater than max_size ({self.max_size})"
+            )
+        for name in ("max_lifetime", "max_idle", "connect_timeout", "ping_after"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                problems.append(f"{name} must be a number of seconds >= 0, not {value}")
+        if self.timeout <= 0:
+            problems.append(f"timeout must be a number of seconds > 0, not {self.timeout}")
+        for name in ("max_waiting", "max_uses"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be 0 (no limit) or more, not {getattr(self, name)}")
+        for name, allowed in (
+            ("reset", RESET_MODES),
+            ("cleaner", CLEANER_MODES),
+            ("tracking", TRACKING_LEVELS),
+        ):
+            if getattr(self, name) not in allowed:
+                problems.append(
+                    f"{name} must be one of {', '.join(map(repr, allowed))}, "
+                    f"not {getattr(self, name)!r}"
+                )
+        return problems
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    allowed: tuple[type, ...]
+    if annotation.startswith("int"):
+        allowed, words = (int,), "an integer"
+    elif annotation.startswith("float"):
+        allowed, words = (int, float), "a number of seconds"
+    else:
+        allowed, words = (str,), "a string"
+    if value is None and "None" in annotation:
+        return
+    if isinstance(value, bool) or not isinstance(value, allowed):
+        if "None" in annotation:
+            words += " or None"
+        raise ValueError(f"{name} must be {words}, not {value!r}")

@@ -1,0 +1,189 @@
+"""What a holder gets for one lease: a connection handle and cursors that die with the lease."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Iterator
+
+from .errors import ConnectionReturned
+from .session import may_change_session
+
+if TYPE_CHECKING:
+    from .pool import ConnectionPool
+    from .record import ConnectionRecord
+
+__all__ = ["ConnectionHandle", "PooledCursor"]
+
+_RETURNED = (
+    "this connection handle's lease has ended (it was returned to the pool, or the process "
+    "forked): take a new connection instead of keeping cursors or handles across leases"
+)
+
+
+class ConnectionHandle:
+    """Forwards to a psycopg2 connection while the lease lasts; raises ConnectionReturned after.
+
+    ``close()`` checks the connection back in. Holders never see the raw connection, so a
+    handle kept past its lease can never run on the next holder's session.
+    """
+
+    __slots__ = ("_conn", "_record", "_pool", "__weakref__")
+
+    _conn: Any
+    _record: ConnectionRecord
+    _pool: ConnectionPool
+
+    def __init__(self, pool: ConnectionPool, record: ConnectionRecord) -> None:
+        object.__setattr__(self, "_pool", pool)
+        object.__setattr__(self, "_record", record)
+        object.__setattr__(self, "_conn", record.conn)
+
+    def _live(self) -> Any:
+        conn = self._conn
+        if conn is None:
+            raise ConnectionReturned(_RETURNED)
+        return conn
+
+    @property
+    def lease_active(self) -> bool:
+        return self._conn is not None
+
+    @property
+    def record(self) -> ConnectionRecord:
+        """The pool's record of the physical connection behind this lease."""
+        return self._record
+
+    def cursor(self, *args: Any, **kwargs: Any) -> PooledCursor:
+        conn = self._live()
+        if args or kwargs.get("name"):
+            # A named cursor is a server-side DECLARE: it can outlive the transaction.
+            self._record.dirty = True
+        return PooledCursor(self, conn.cursor(*args, **kwargs))
+
+    def close(self) -> None:
+        """Check the connection back in; closing twice is harmless."""
+        if self._conn is not None:
+            self._pool.checkin(self)
+
+    @property
+    def closed(self) -> int:
+        conn = self._conn
+        return 1 if conn is None else conn.closed
+
+    def commit(self) -> None:
+        self._live().commit()
+
+    def rollback(self) -> None:
+        self._live().rollback()
+
+    @property
+    def autocommit(self) -> bool:
+        return self._live().autocommit  # type: ignore[no-any-return]
+
+    @autocommit.setter
+    def autocommit(self, value: bool) -> None:
+        self._live().autocommit = value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._live(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ConnectionHandle.__dict__ and isinstance(ConnectionHandle.__dict__[name], property):
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self._live(), name, value)
+
+    def __enter__(self) -> ConnectionHandle:
+        self._live().__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._live().__exit__(*exc)
+
+    def __repr__(self) -> str:
+        state = "leased" if self._conn is not None else "returned"
+        return f"<ConnectionHandle {state} pid={self._record.backend_pid} pool={self._pool.name!r}>"
+
+
+class PooledCursor:
+    """A psycopg2 cursor that refuses work once its lease has ended, and notes statements
+    that may change session state so that the return knows whether a full reset is due."""
+
+    __slots__ = ("_cursor", "_handle")
+
+    _cursor: Any
+    _handle: ConnectionHandle
+
+    def __init__(self, handle: ConnectionHandle, cursor: Any) -> None:
+        object.__setattr__(self, "_handle", handle)
+        object.__setattr__(self, "_cursor", cursor)
+
+    def _live(self) -> Any:
+        if self._handle._conn is None:
+            raise ConnectionReturned(_RETURNED)
+        return self._cursor
+
+    def _note(self, query: Any) -> None:
+        record = self._handle._record
+        if record.dirty:
+            return
+        if isinstance(query, bytes):
+            query = query.decode("utf-8", "replace")
+        if not isinstance(query, str) or may_change_session(query):
+            record.dirty = True
+
+    def execute(self, query: Any, vars: Any = None) -> None:
+        cursor = self._live()
+        self._note(query)
+        cursor.execute(query, vars)
+
+    def executemany(self, query: Any, vars_list: Any) -> None:
+        cursor = self._live()
+        self._note(query)
+        cursor.executemany(query, vars_list)
+
+    def callproc(self, procname: str, parameters: Any = None) -> Any:
+        cursor = self._live()
+        self._handle._record.dirty = True  # a function can change anything
+        return cursor.callproc(procname, parameters)
+
+    def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
+        cursor = self._live()
+        self._note(sql)
+        cursor.copy_expert(sql, file, size)
+
+    def fetchone(self) -> Any:
+        return self._live().fetchone()
+
+    def fetchmany(self, size: int | None = None) -> Any:
+        cursor = self._live()
+        return cursor.fetchmany() if size is None else cursor.fetchmany(size)
+
+    def fetchall(self) -> Any:
+        return self._live().fetchall()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        return next(self._live())
+
+    def close(self) -> None:
+        # A named cursor's close() talks to the server: never on a returned lease.
+        if self._handle._conn is not None or self._cursor.name is None:
+            self._cursor.close()
+
+    @property
+    def connection(self) -> ConnectionHandle:
+        return self._handle
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._live(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._live(), name, value)
+
+    def __enter__(self) -> PooledCursor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

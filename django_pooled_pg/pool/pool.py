@@ -1,0 +1,629 @@
+"""The connection pool: checkout, checkin, reset, invalidate, sizing, waiting, lifetime, health."""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import gc
+import logging
+import math
+import os
+import random
+import select
+import threading
+import time
+import weakref
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import psycopg2
+import psycopg2.extensions
+
+from . import cleaner, stats
+from .config import PoolConfig
+from .errors import PoolClosed, PoolTimeout, TooManyRequests
+from .handles import ConnectionHandle
+from .record import ConnectionRecord
+from .session import RESET_SQL
+from .stacks import capture, first_user_frame, format_stack
+
+__all__ = ["ConnectionPool"]
+
+logger = logging.getLogger(__name__)
+
+_STATUS_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+_STATUS_UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
+_STATUS_ACTIVE = psycopg2.extensions.TRANSACTION_STATUS_ACTIVE
+
+#: Every pool alive in this process, for the fork handler and the exit handler.
+_all_pools: weakref.WeakSet[ConnectionPool] = weakref.WeakSet()
+
+
+class _OpenNew:
+    """Grant to a waiter: a slot is reserved for you, open a connection in it."""
+
+
+_OPEN_NEW = _OpenNew()
+
+
+class _Waiter:
+    """A checkout queued for a connection. The lock doubles as a one-shot event."""
+
+    __slots__ = ("lock", "grant")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()
+        self.grant: ConnectionRecord | _OpenNew | PoolClosed | None = None
+
+
+class ConnectionPool:
+    """A thread-safe pool of psycopg2 connections to one server, database and role.
+
+    ``conninfo`` holds the keyword arguments of ``psycopg2.connect()``. ``configure`` runs
+    once on each new connection (register adapters); ``session_init`` are ``(sql, params)``
+    statements that define the session's baseline: they run on each new connection and
+    again after every full reset, in the reset's own round trip.
+    """
+
+    def __init__(
+        self,
+        conninfo: Mapping[str, Any],
+        *,
+        name: str = "pool",
+        config: PoolConfig | None = None,
+        configure: Callable[[Any], None] | None = None,
+        session_init: Sequence[tuple[str, Sequence[Any] | None]] = (),
+        **options: Any,
+    ) -> None:
+        self.name = name
+        self.config = config if config is not None else PoolConfig.from_options(options)
+        self.conninfo = dict(conninfo)
+        if self.config.connect_timeout and "connect_timeout" not in self.conninfo:
+            # libpq takes whole seconds.
+            self.conninfo["connect_timeout"] = max(1, math.ceil(self.config.connect_timeout))
+        self.configure = configure
+        self.session_init = tuple(session_init)
+        self._track_stacks = self.config.tracking == "stacks"
+        self._inline_cleaner = self.config.cleaner == "inline"
+        self._init_state()
+        _all_pools.add(self)
+        if not self._inline_cleaner:
+            cleaner.register(self)
+
+    def _init_state(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+        self._idle: collections.deque[ConnectionRecord] = collections.deque()  # LIFO on the right
+        self._leased: set[ConnectionRecord] = set()
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        #: records whose handle was garbage-collected while leased, waiting to be recovered
+        self._leaked: collections.deque[ConnectionRecord] = collections.deque()
+        self._size = 0  # idle + leased + being opened
+        self._closed = False
+        #: idle connections last used before this instant are pinged before a checkout
+        self._suspect_before = 0.0
+        self._next_maintenance = time.monotonic()
+        self._last_gc = 0.0
+        self._stats: collections.Counter[str] = collections.Counter()
+
+    # -- checkout ---------------------------------------------------------------------
+
+    def checkout(self, timeout: float | None = None) -> ConnectionHandle:
+        """Lease a connection: an idle one (newest first), a new one, or wait for a return."""
+        if self._pid != os.getpid():
+            self._forget_after_fork()
+        if self._leaked:
+            self._recover_leaks()
+        deadline = None
+        while True:
+            waiter = None
+            with self._lock:
+                if self._closed:
+                    raise PoolClosed(f"pool {self.name!r} is closed")
+                if self._idle:
+                    grant: Any = self._idle.pop()
+                elif self._size < self.config.max_size:
+                    self._size += 1
+                    grant = _OPEN_NEW
+                else:
+                    if self.config.max_waiting and len(self._waiters) >= self.config.max_waiting:
+                        self._stats[stats.REQUESTS_REFUSED] += 1
+                        raise TooManyRequests(
+                            f"pool {self.name!r} already has {len(self._waiters)} requests "
+                            f"waiting (max_waiting={self.config.max_waiting}); "
+                            f"max_size={self.config.max_size}, all leased"
+                        )
+                    waiter = _Waiter()
+                    self._waiters.append(waiter)
+                    self._stats[stats.REQUESTS_QUEUED] += 1
+            if waiter is not None:
+                if deadline is None:
+                    deadline = time.monotonic() + (timeout or self.config.timeout)
+                grant = self._wait(waiter, deadline)
+            if grant is _OPEN_NEW:
+                record = self._open_in_reserved_slot()
+            else:
+                record = grant
+                if waiter is None and not self._usable(record):
+                    continue
+            return self._lease(record)
+
+    def _wait(self, waiter: _Waiter, deadline: float) -> ConnectionRecord | _OpenNew:
+        started = time.monotonic()
+        while True:
+            remaining = deadline - time.monotonic()
+            # Wake up now and then to recover connections leaked by dead threads.
+            if remaining > 0 and waiter.lock.acquire(timeout=min(remaining, 0.5)):
+                break
+            with self._lock:
+                if waiter.grant is not None:
+                    break
+                timed_out = remaining <= 0
+                if timed_out:
+                    self._waiters.remove(waiter)
+                    self._stats[stats.REQUESTS_TIMEOUTS] += 1
+                    self._stats[stats.REQUESTS_WAIT_MS] += int(1000 * (time.monotonic() - started))
+            if timed_out:
+                raise PoolTimeout(self._timeout_message(time.monotonic() - started))
+            self._reclaim_from_dead_threads()
+        with self._lock:
+            self._stats[stats.REQUESTS_WAIT_MS] += int(1000 * (time.monotonic() - started))
+        if isinstance(waiter.grant, PoolClosed):
+            raise waiter.grant
+        assert waiter.grant is not None
+        return waiter.grant
+
+    def _timeout_message(self, waited: float) -> str:
+        now = time.monotonic()
+        with self._lock:
+            holders = sorted(self._leased, key=lambda record: record.leased_at)
+            waiting = len(self._waiters)
+        lines = [
+            f"couldn't get a connection from pool {self.name!r} after {waited:.2f} sec: "
+            f"max_size={self.config.max_size}, {len(holders)} leased, "
+            f"{waiting} other requests waiting. Raise max_size or timeout, or find the "
+            f"holders below that keep connections too long."
+        ]
+        for record in holders:
+            thread = record.holder.name if record.holder is not None else "?"
+            lines.append(
+                f"- backend pid {record.backend_pid}, leased {now - record.leased_at:.1f} s ago "
+                f"by thread {thread!r}"
+            )
+            if record.lease_stack:
+                lines.append(format_stack(record.lease_stack).rstrip("\n"))
+            elif not self._track_stacks:
+                lines.append("  (stacks are not tracked: set tracking='stacks')")
+        return "\n".join(lines)
+
+    def _usable(self, record: ConnectionRecord) -> bool:
+        """Check an idle connection before handing it out; close it if it is not usable."""
+        now = time.monotonic()
+        if now >= record.expires_at:
+            self._discard(record, stats.CONNECTIONS_EXPIRED)
+            return False
+        conn = record.conn
+        alive = not conn.closed
+        if alive:
+            # A socket with something to read while idle means the server spoke: most
+            # often the FATAL of pg_terminate_backend or a shutdown. Free to check.
+            readable = select.select((conn,), (), (), 0)[0]
+            ping_after = self.config.ping_after
+            if (
+                readable
+                or record.idle_since < self._suspect_before
+                or (ping_after is not None and now - record.idle_since >= ping_after)
+            ):
+                alive = self._ping(record)
+        if not alive:
+            with self._lock:
+                # Connections idle since before this instant may be dead too: ping them.
+                self._suspect_before = now
+            self._discard(record, stats.CONNECTIONS_LOST)
+            logger.info(
+                "Pool %r: discarded dead connection (backend pid %s)", self.name, record.backend_pid
+            )
+        return alive
+
+    def _ping(self, record: ConnectionRecord) -> bool:
+        self._stats[stats.PINGS_NUM] += 1
+        try:
+            with record.conn.cursor() as cursor:
+                cursor.execute("SELECT 1")
+            del record.conn.notifies[:]
+            return True
+        except psycopg2.Error:
+            return False
+
+    def _open_in_reserved_slot(self) -> ConnectionRecord:
+        try:
+            return self._connect()
+        except BaseException:
+            self._release_slot()
+            raise
+
+    def _connect(self) -> ConnectionRecord:
+        started = time.monotonic()
+        try:
+            conn = psycopg2.connect(**self.conninfo)
+            conn.autocommit = True
+            if self.configure is not None:
+                self.configure(conn)
+            init_sql = ""
+            if self.session_init:
+                with conn.cursor() as cursor:
+                    init_sql = "; ".join(
+                        cursor.mogrify(sql, params).decode() for sql, params in self.session_init
+                    )
+                    cursor.execute(init_sql)
+        except Exception:
+            with self._lock:
+                self._stats[stats.CONNECTIONS_ERRORS] += 1
+            raise
+        now = time.monotonic()
+        lifetime = self.config.max_lifetime
+        # Jitter so that connections opened together don't all expire together.
+        expires_at = math.inf if lifetime is None else now + lifetime * (1 - 0.1 * random.random())
+        record = ConnectionRecord(conn, now, expires_at, init_sql)
+        with self._lock:
+            self._stats[stats.CONNECTIONS_NUM] += 1
+            self._stats[stats.CONNECTIONS_MS] += int(1000 * (now - started))
+        logger.debug("Pool %r: opened connection (backend pid %s)", self.name, record.backend_pid)
+        return record
+
+    def _lease(self, record: ConnectionRecord) -> ConnectionHandle:
+        handle = ConnectionHandle(self, record)
+        record.uses += 1
+        record.dirty = False
+        record.leased_at = time.monotonic()
+        if self._track_stacks:
+            record.lease_stack = capture(3)
+            record.holder = threading.current_thread()
+        # If the holder loses the handle without returning it (a thread that died), the
+        # callback queues the record for recovery; checkin drops the ref so it never fires.
+        record.handle_ref = weakref.ref(handle, _leak_callback(self, record))
+        with self._lock:
+            self._leased.add(record)
+            self._stats[stats.REQUESTS_NUM] += 1
+        return handle
+
+    # -- checkin ----------------------------------------------------------------------
+
+    def checkin(self, handle: ConnectionHandle) -> None:
+        """Return a leased connection: end its transaction, reset it if needed, keep or close."""
+        record = handle._record
+        if handle._conn is None:
+            return
+        object.__setattr__(handle, "_conn", None)  # cursors and the handle die here
+        record.handle_ref = None
+        self._return(record)
+
+    def _return(self, record: ConnectionRecord) -> None:
+        if self._pid != os.getpid():
+            return  # the parent's connection: never touch it from a forked child
+        reason = self._reset(record)
+        now = time.monotonic()
+        config = self.config
+        if reason is None:
+            if self._closed:
+                reason = stats.CONNECTIONS_CLOSED
+            elif now >= record.expires_at or config.max_lifetime == 0:
+                reason = stats.CONNECTIONS_EXPIRED
+            elif config.max_idle == 0 or (config.max_uses and record.uses >= config.max_uses):
+                reason = stats.CONNECTIONS_CLOSED
+        record.holder = None
+        record.lease_stack = ()
+        if reason is not None:
+            with self._lock:
+                self._leased.discard(record)
+            self._discard(record, reason)
+        else:
+            with self._lock:
+                self._leased.discard(record)
+                record.idle_since = now
+                if self._waiters:
+                    self._hand_to_waiter(record)
+                else:
+                    self._idle.append(record)
+        if self._inline_cleaner and now >= self._next_maintenance:
+            self.run_maintenance()
+
+    def _reset(self, record: ConnectionRecord) -> str | None:
+        """Bring the session back to a fresh login's state. Return why to discard, or None."""
+        conn = record.conn
+        if conn.closed:
+            self._suspect_before = time.monotonic()
+            return stats.CONNECTIONS_LOST
+        try:
+            status = conn.info.transaction_status
+            if status != _STATUS_IDLE:
+                if status in (_STATUS_UNKNOWN, _STATUS_ACTIVE):
+                    return stats.CONNECTIONS_LOST
+                conn.rollback()
+                with self._lock:
+                    self._stats[stats.RETURNS_ROLLED_BACK] += 1
+                logger.warning(
+                    "Pool %r: connection (backend pid %s) returned inside a transaction; "
+                    "rolled back. Leased at:\n%s",
+                    self.name,
+                    record.backend_pid,
+                    format_stack(record.lease_stack) if record.lease_stack else "  (not tracked)",
+                )
+            # psycopg2's own session characteristics. Setting one costs a round trip (it
+            # asks the server for the default), reading is free: set only what changed.
+            if not conn.autocommit:
+                conn.autocommit = True
+            if conn.isolation_level != record.isolation_level:
+                conn.isolation_level = record.isolation_level
+            if conn.readonly is not None:
+                conn.readonly = None
+            if conn.deferrable is not None:
+                conn.deferrable = None
+            mode = self.config.reset
+            if mode == "always" or (record.dirty and mode == "auto"):
+                with conn.cursor() as cursor:
+                    sql = RESET_SQL + "; " + record.init_sql if record.init_sql else RESET_SQL
+                    cursor.execute(sql)
+                with self._lock:
+                    self._stats[stats.RESETS_NUM] += 1
+            if conn.notices:
+                del conn.notices[:]
+            if conn.notifies:
+                del conn.notifies[:]
+        except psycopg2.Error as error:
+            logger.info(
+                "Pool %r: could not reset connection (backend pid %s), closing it: %s",
+                self.name,
+                record.backend_pid,
+                error,
+            )
+            return stats.CONNECTIONS_LOST if conn.closed else stats.CONNECTIONS_CLOSED
+        record.dirty = False
+        return None
+
+    def _hand_to_waiter(self, grant: ConnectionRecord | _OpenNew) -> None:
+        """Give a returned connection (or a free slot) to the oldest waiter. Lock held."""
+        waiter = self._waiters.popleft()
+        if grant is _OPEN_NEW:
+            self._size += 1
+        waiter.grant = grant
+        waiter.lock.release()
+
+    def _discard(self, record: ConnectionRecord, reason: str) -> None:
+        """Close a connection that is not in the idle deque and free its slot."""
+        try:
+            record.conn.close()
+        except Exception:  # pragma: no cover - close() of a broken connection
+            pass
+        with self._lock:
+            self._stats[reason] += 1
+        self._release_slot()
+
+    def _release_slot(self) -> None:
+        with self._lock:
+            self._size -= 1
+            if self._waiters and self._size < self.config.max_size:
+                self._hand_to_waiter(_OPEN_NEW)
+
+    # -- leaks ------------------------------------------------------------------------
+
+    def _recover_leaks(self) -> None:
+        while True:
+            try:
+                record = self._leaked.popleft()
+            except IndexError:
+                return
+            with self._lock:
+                self._stats[stats.LEAKS_RECOVERED] += 1
+            logger.warning(
+                "Pool %r: connection (backend pid %s) was never returned: its holder was "
+                "garbage-collected %.1f s after the lease. Recovered it. Leased at:\n%s",
+                self.name,
+                record.backend_pid,
+                time.monotonic() - record.leased_at,
+                format_stack(record.lease_stack) if record.lease_stack else "  (not tracked)",
+            )
+            self._return(record)
+
+    def _reclaim_from_dead_threads(self) -> None:
+        """If a holder thread has died, collect garbage so its lost handles come back."""
+        with self._lock:
+            dead = any(
+                record.holder is not None and not record.holder.is_alive()
+                for record in self._leased
+            )
+        now = time.monotonic()
+        if dead and now - self._last_gc > 1.0:
+            self._last_gc = now
+            gc.collect()
+        if self._leaked:
+            self._recover_leaks()
+
+    # -- maintenance ------------------------------------------------------------------
+
+    def run_maintenance(self) -> None:
+        """Close expired and surplus idle connections, recover leaks, refill to min_size.
+
+        Runs in the cleaner thread, or inline on checkin when ``cleaner="inline"``.
+        """
+        if self._pid != os.getpid() or self._closed:
+            return
+        now = time.monotonic()
+        self._next_maintenance = now + cleaner.INTERVAL
+        if self._leaked:
+            self._recover_leaks()
+        reap: list[tuple[ConnectionRecord, str]] = []
+        config = self.config
+        with self._lock:
+            surplus = self._size - config.min_size
+            keep: collections.deque[ConnectionRecord] = collections.deque()
+            for record in self._idle:  # oldest idle first
+                if now >= record.expires_at:
+                    reap.append((record, stats.CONNECTIONS_EXPIRED))
+                    surplus -= 1
+                elif (
+                    config.max_idle is not None
+                    and surplus > 0
+                    and now - record.idle_since >= config.max_idle
+                ):
+                    reap.append((record, stats.CONNECTIONS_IDLE_CLOSED))
+                    surplus -= 1
+                else:
+                    keep.append(record)
+            self._idle = keep
+        for record, reason in reap:
+            self._discard(record, reason)
+        self._refill()
+
+    def _refill(self) -> None:
+        while True:
+            with self._lock:
+                if self._closed or self._size >= self.config.min_size:
+                    return
+                self._size += 1
+            try:
+                record = self._open_in_reserved_slot()
+            except psycopg2.Error as error:
+                logger.warning("Pool %r: could not refill to min_size: %s", self.name, error)
+                return
+            with self._lock:
+                if self._waiters:
+                    self._hand_to_waiter(record)
+                else:
+                    self._idle.append(record)
+
+    # -- life cycle -------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close idle connections now and leased ones when they come back; refuse new leases."""
+        with self._lock:
+            self._closed = True
+            idle, self._idle = list(self._idle), collections.deque()
+            waiters, self._waiters = list(self._waiters), collections.deque()
+            self._size -= len(idle)
+            for waiter in waiters:
+                waiter.grant = PoolClosed(f"pool {self.name!r} was closed while waiting")
+                waiter.lock.release()
+        for record in idle:
+            try:
+                record.conn.close()
+            except Exception:  # pragma: no cover
+                pass
+        cleaner.unregister(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: drop the parent's connections without touching their sockets."""
+        records: Iterable[ConnectionRecord] = (*self._idle, *self._leased, *self._leaked)
+        for record in records:
+            handle = record.handle_ref() if record.handle_ref is not None else None
+            if handle is not None:
+                object.__setattr__(handle, "_conn", None)
+            record.handle_ref = None
+            _detach_socket(record.conn)
+        self._init_state()
+
+    # -- introspection ----------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, int]:
+        """Counters since the last pop_stats(), plus the current sizes."""
+        with self._lock:
+            values = dict(self._stats)
+            values.update(self._gauges())
+        return values
+
+    def pop_stats(self) -> dict[str, int]:
+        with self._lock:
+            values = dict(self._stats)
+            values.update(self._gauges())
+            self._stats.clear()
+        return values
+
+    def _gauges(self) -> dict[str, int]:
+        return {
+            stats.POOL_MIN: self.config.min_size,
+            stats.POOL_MAX: self.config.max_size,
+            stats.POOL_SIZE: self._size,
+            stats.POOL_AVAILABLE: len(self._idle),
+            stats.POOL_LEASED: len(self._leased),
+            stats.REQUESTS_WAITING: len(self._waiters),
+        }
+
+    def holders(self) -> list[dict[str, Any]]:
+        """Who holds each leased connection: pid, thread, seconds held, first user frame."""
+        now = time.monotonic()
+        with self._lock:
+            leased = list(self._leased)
+        return [
+            {
+                "backend_pid": record.backend_pid,
+                "thread": record.holder.name if record.holder is not None else None,
+                "held_s": now - record.leased_at,
+                "leased_at": first_user_frame(record.lease_stack) if record.lease_stack else None,
+            }
+            for record in sorted(leased, key=lambda record: record.leased_at)
+        ]
+
+    def __repr__(self) -> str:
+        return (
+            f"<ConnectionPool {self.name!r} size={self._size} idle={len(self._idle)} "
+            f"leased={len(self._leased)} max_size={self.config.max_size}>"
+        )
+
+
+def _leak_callback(pool: ConnectionPool, record: ConnectionRecord) -> Callable[[Any], None]:
+    pool_ref = weakref.ref(pool)
+
+    def handle_lost(_: Any) -> None:
+        # Runs inside garbage collection, possibly while this thread holds the pool
+        # lock: only queue the record; checkout, waiters and the cleaner recover it.
+        owner = pool_ref()
+        if owner is not None and record.handle_ref is not None:
+            record.handle_ref = None
+            owner._leaked.append(record)
+
+    return handle_lost
+
+
+_devnull = -1
+
+
+def _detach_socket(conn: Any) -> None:
+    """Point this process's copy of the socket at /dev/null, so that closing the inherited
+    psycopg2 connection (which sends a Terminate message) can't reach the parent's session."""
+    global _devnull
+    try:
+        if conn.closed:
+            return
+        fd = conn.fileno()
+        if _devnull < 0:
+            _devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(_devnull, fd)
+    except (OSError, psycopg2.Error):  # pragma: no cover - already gone
+        pass
+
+
+def _forget_parent_pools() -> None:
+    for pool in list(_all_pools):
+        pool._forget_after_fork()
+    cleaner.forget_after_fork()
+
+
+def close_all_pools() -> None:
+    """Close every pool of this process (idle connections now, leased ones on return)."""
+    for pool in list(_all_pools):
+        pool.close()
+
+
+os.register_at_fork(after_in_child=_forget_parent_pools)
+
+
+@atexit.register
+def _close_pools_at_exit() -> None:
+    # Say goodbye to the server (Terminate) instead of dropping sockets; idle ones only.
+    for pool in list(_all_pools):
+        if pool._pid == os.getpid():
+            pool.close()

@@ -1,0 +1,55 @@
+"""Session hygiene: which statements may change session state, and the reset that undoes them."""
+
+from __future__ import annotations
+
+import re
+
+__all__ = ["RESET_SQL", "may_change_session"]
+
+#: What DISCARD ALL does, minus DEALLOCATE ALL and DISCARD PLANS so that the pool's own
+#: prepared statements survive (PostgreSQL documents DISCARD ALL as this sequence).
+#: DISCARD ALL itself cannot run in a multi-statement string; these can, so the whole
+#: reset is one round trip.
+RESET_SQL = (
+    "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
+    "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
+)
+
+#: Statements that begin with one of these words change only data or the current
+#: transaction, unless they also match _RISKY below.
+_SAFE_FIRST_WORDS = frozenset(
+    "SELECT INSERT UPDATE DELETE WITH VALUES TABLE MERGE SHOW EXPLAIN COPY NOTIFY "
+    "BEGIN START COMMIT END ROLLBACK ABORT SAVEPOINT RELEASE "
+    "CREATE ALTER DROP TRUNCATE COMMENT GRANT REVOKE ANALYZE VACUUM REFRESH REINDEX CLUSTER "
+    "CALL DO".split()
+)
+
+#: Inside an otherwise safe statement: temporary objects, session-level advisory locks
+#: (the xact ones end with the transaction), GUC changes through set_config() or a SET
+#: in a DO/CALL body, ROLE/AUTHORIZATION changes, LISTEN, cursors, prepared statements.
+_RISKY_WORDS = (
+    r"\btemp(?:orary)?\b|advisory_lock|set_config|\bset\s+(?:session\s+)?(?:role|authorization)"
+    r"|\blisten\b|\bdeclare\b|\bprepare\b"
+)
+_RISKY = re.compile(_RISKY_WORDS + r"|\bset\s+(?!local\b)\w+\s*(?:=|to\b)", re.IGNORECASE)
+#: In an UPDATE, "SET col = value" is the statement's own clause, not a GUC change.
+_RISKY_IN_UPDATE = re.compile(_RISKY_WORDS, re.IGNORECASE)
+_FIRST_WORD = re.compile(r"\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*\(*\s*([A-Za-z]+)", re.DOTALL)
+
+
+def may_change_session(sql: str) -> bool:
+    """True unless ``sql`` provably leaves session state (GUCs, role, temp tables, locks,
+    LISTEN, cursors, prepared statements) as it was.
+
+    The test is lexical and errs towards True: a false alarm costs one reset round trip,
+    a miss would leak state. What it cannot see is a user function that changes session
+    state from inside; pools that call such functions should use ``reset="always"``.
+    """
+    match = _FIRST_WORD.match(sql)
+    if match is None:
+        return True
+    first = match.group(1).upper()
+    if first not in _SAFE_FIRST_WORDS:
+        return True
+    risky = _RISKY_IN_UPDATE if first == "UPDATE" else _RISKY
+    return risky.search(sql) is not None

@@ -1,0 +1,75 @@
+"""Cheap stack capture: code objects and line numbers now, formatted text only when asked."""
+
+from __future__ import annotations
+
+import linecache
+import os
+import sys
+from types import CodeType
+from typing import Iterable, Sequence
+
+__all__ = ["Stack", "capture", "format_stack"]
+
+#: A captured stack, innermost frame first: (code object, line number) pairs.
+#: Holding code objects (not frames) keeps no locals alive and costs about a
+#: microsecond per ten frames; file names and source lines are looked up later.
+Stack = tuple[tuple[CodeType, int], ...]
+
+_THIS_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+#: Frames from these places are hidden so that the first frame shown is the user's code.
+DEFAULT_HIDDEN = (
+    _THIS_PACKAGE,
+    os.sep + "django" + os.sep,
+    os.sep + "asgiref" + os.sep,
+    os.sep + "psycopg2" + os.sep,
+)
+
+
+def capture(skip: int = 1, limit: int = 64) -> Stack:
+    frame = sys._getframe(skip)
+    frames = []
+    while frame is not None and len(frames) < limit:
+        frames.append((frame.f_code, frame.f_lineno))
+        frame = frame.f_back
+    return tuple(frames)
+
+
+def format_stack(
+    stack: Stack, hidden: Sequence[str] = DEFAULT_HIDDEN, show_hidden: bool = False
+) -> str:
+    """Format outermost-first like a traceback; runs of hidden frames fold into one line."""
+    lines: list[str] = []
+    folded = 0
+    for code, lineno in reversed(stack):
+        if not show_hidden and _is_hidden(code.co_filename, hidden):
+            folded += 1
+            continue
+        if folded:
+            lines.append(f"  ... {folded} library frame{'s' if folded > 1 else ''} hidden\n")
+            folded = 0
+        lines.append(f'  File "{code.co_filename}", line {lineno}, in {code.co_name}\n')
+        source = linecache.getline(code.co_filename, lineno).strip()
+        if source:
+            lines.append(f"    {source}\n")
+    if folded:
+        lines.append(f"  ... {folded} library frame{'s' if folded > 1 else ''} hidden\n")
+    return "".join(lines)
+
+
+def first_user_frame(stack: Stack, hidden: Iterable[str] = DEFAULT_HIDDEN) -> str:
+    """``file:line in function`` of the innermost frame that is not hidden ('?' if none)."""
+    hidden = tuple(hidden)
+    for code, lineno in stack:
+        if not _is_hidden(code.co_filename, hidden):
+            return f"{code.co_filename}:{lineno} in {code.co_name}"
+    return "?"
+
+
+_STDLIB = os.path.dirname(os.__file__) + os.sep
+
+
+def _is_hidden(filename: str, hidden: Sequence[str]) -> bool:
+    if filename.startswith(_STDLIB) and "-packages" not in filename:
+        return True  # the standard library: threading, contextlib, socketserver...
+    return filename.startswith("<") or any(part in filename for part in hidden)

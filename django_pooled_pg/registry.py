@@ -1,0 +1,63 @@
+"""One pool per distinct set of connection parameters, options and session baseline."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+from .pool import ConnectionPool, PoolConfig
+
+__all__ = ["close_pools", "get_pool", "pools"]
+
+_pools: dict[str, ConnectionPool] = {}
+_lock = threading.Lock()
+
+
+def pool_key(
+    conninfo: Mapping[str, Any], config: PoolConfig, session_init: Sequence[Any], extra: Any
+) -> str:
+    # repr() of sorted items: cheap, hashable whatever the values are, and two aliases
+    # with different credentials or options can never produce the same key.
+    return repr((sorted(conninfo.items(), key=lambda item: item[0]), config, session_init, extra))
+
+
+def get_pool(
+    conninfo: Mapping[str, Any],
+    config: PoolConfig,
+    *,
+    name: str,
+    session_init: Sequence[tuple[str, Sequence[Any] | None]] = (),
+    configure: Callable[[Any], None] | None = None,
+    extra: Any = None,
+) -> ConnectionPool:
+    """The pool for these parameters, created on first use. ``extra`` adds to the key
+    whatever ``configure`` depends on."""
+    key = pool_key(conninfo, config, session_init, extra)
+    pool = _pools.get(key)
+    if pool is None or pool.closed:
+        with _lock:
+            pool = _pools.get(key)
+            if pool is None or pool.closed:
+                pool = ConnectionPool(
+                    conninfo, name=name, config=config, configure=configure,
+                    session_init=session_init,
+                )  # fmt: skip
+                _pools[key] = pool
+    return pool
+
+
+def pools() -> list[ConnectionPool]:
+    with _lock:
+        return [pool for pool in _pools.values() if not pool.closed]
+
+
+def close_pools(where: Callable[[ConnectionPool], bool] | None = None) -> int:
+    """Close and forget the pools ``where`` accepts (all by default); return how many."""
+    with _lock:
+        chosen = [key for key, pool in _pools.items() if where is None or where(pool)]
+        closing: Iterable[ConnectionPool] = [_pools.pop(key) for key in chosen]
+    count = 0
+    for pool in closing:
+        pool.close()
+        count += 1
+    return count

@@ -1,0 +1,76 @@
+"""Shared test helpers: real connections to the test database, and deadline-bounded waits."""
+
+from __future__ import annotations
+
+import time
+import unittest
+from typing import Any, Callable
+
+import psycopg2
+from django.db import connections
+
+from django_pooled_pg.pool import ConnectionPool
+from django_pooled_pg.testing import Cluster
+
+
+def server_params(alias: str = "default") -> dict[str, Any]:
+    """psycopg2.connect() arguments for the test database of ``alias``."""
+    settings = connections[alias].settings_dict
+    params = {"host": settings["HOST"], "port": settings["PORT"], "dbname": settings["NAME"]}
+    if settings["USER"]:
+        params["user"] = settings["USER"]
+    if settings["PASSWORD"]:
+        params["password"] = settings["PASSWORD"]
+    return {k: v for k, v in params.items() if v}
+
+
+def admin_connection() -> Any:
+    """A plain autocommit connection outside any pool, for watching and killing backends."""
+    conn = psycopg2.connect(**server_params())
+    conn.autocommit = True
+    return conn
+
+
+def query(conn: Any, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with conn.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it is truthy; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def backend_gone(pid: int) -> Callable[[], bool]:
+    admin = admin_connection()
+
+    def check() -> bool:
+        return not query(admin, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
+
+    return check
+
+
+class PoolTestCase(unittest.TestCase):
+    """Engine tests: pools built directly on the test database, closed after each test."""
+
+    def make_pool(self, **options: Any) -> ConnectionPool:
+        options.setdefault("timeout", 5.0)
+        pool = ConnectionPool(server_params(), name=f"test:{self._testMethodName}", **options)
+        self.addCleanup(pool.close)
+        return pool
+
+
+def cluster_or_skip(test: unittest.TestCase) -> Cluster:
+    """The throwaway cluster runtests.py started; tests that restart the server need it."""
+    cluster = Cluster.attach()
+    if cluster is None:
+        test.skipTest("the server is external (DATABASE_URL): cannot restart it from here")
+    return cluster

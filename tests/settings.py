@@ -1,0 +1,20 @@
+"""Settings for the test suite: the testproject's apps, one pooled alias on $DATABASE_URL."""
+
+from testproject.dburl import database_from_url
+
+SECRET_KEY = "tests-only"
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django_pooled_pg",
+    "shop",
+]
+DATABASES = {
+    "default": database_from_url(OPTIONS={"pool": {"max_size": 10, "timeout": 10}}),
+}
+USE_TZ = True
+TIME_ZONE = "UTC"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+ROOT_URLCONF = "tests.urls"
+LOGGING_CONFIG = None

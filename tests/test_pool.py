@@ -1,0 +1,295 @@
+"""The pool engine on its own: sizing, waiting, timeouts, lifetime, idle, uses, cleaner, stats."""
+
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from django_pooled_pg.pool import (
+    ConnectionPool,
+    PoolClosed,
+    PoolConfig,
+    PoolTimeout,
+    TooManyRequests,
+    cleaner,
+)
+from django_pooled_pg.pool import stats as S
+
+from .helpers import PoolTestCase, query, server_params, wait_until
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def backend_pid(handle):
+    return query(handle, "SELECT pg_backend_pid()")[0][0]
+
+
+class SizingTests(PoolTestCase):
+    def test_connections_open_on_demand_and_idle_ones_are_reused_newest_first(self):
+        pool = self.make_pool(max_size=3)
+        self.assertEqual(pool.get_stats()[S.POOL_SIZE], 0)
+        first, second = pool.checkout(), pool.checkout()
+        first_pid, second_pid = backend_pid(first), backend_pid(second)
+        first.close()
+        second.close()
+        again = pool.checkout()
+        self.assertEqual(backend_pid(again), second_pid, "LIFO: the last returned comes first")
+        again.close()
+        self.assertEqual(pool.get_stats()[S.CONNECTIONS_NUM], 2)
+        self.assertNotEqual(first_pid, second_pid)
+
+    def test_checkout_waits_for_a_return_then_gets_that_connection(self):
+        pool = self.make_pool(max_size=1, timeout=10)
+        holder = pool.checkout()
+        pid = backend_pid(holder)
+        got = []
+
+        def wait_for_it():
+            handle = pool.checkout()
+            got.append(backend_pid(handle))
+            handle.close()
+
+        thread = threading.Thread(target=wait_for_it)
+        thread.start()
+        wait_until(lambda: pool.get_stats()[S.REQUESTS_WAITING] == 1, what="a waiter")
+        holder.close()
+        thread.join(10)
+        self.assertEqual(got, [pid])
+        self.assertEqual(pool.get_stats()[S.REQUESTS_QUEUED], 1)
+
+    def test_timeout_error_names_pool_sizes_wait_and_holder_stack(self):
+        pool = self.make_pool(max_size=2, timeout=0.3)
+        held = [pool.checkout(), pool.checkout()]  # the line the error must point at
+        with self.assertRaises(PoolTimeout) as caught:
+            pool.checkout()
+        message = str(caught.exception)
+        self.assertIn("test:test_timeout_error_names_pool_sizes_wait_and_holder_stack", message)
+        self.assertIn("after 0.3", message)
+        self.assertIn("max_size=2, 2 leased", message)
+        self.assertIn(__file__, message)
+        self.assertIn("held = [pool.checkout(), pool.checkout()]", message)
+        self.assertEqual(pool.get_stats()[S.REQUESTS_TIMEOUTS], 1)
+        for handle in held:
+            handle.close()
+
+    def test_pool_timeout_is_a_psycopg2_operational_error(self):
+        import psycopg2
+
+        self.assertTrue(issubclass(PoolTimeout, psycopg2.OperationalError))
+        self.assertTrue(issubclass(TooManyRequests, psycopg2.OperationalError))
+
+    def test_max_waiting_refuses_extra_waiters_at_once(self):
+        pool = self.make_pool(max_size=1, max_waiting=1, timeout=10)
+        holder = pool.checkout()
+        thread = threading.Thread(target=lambda: pool.checkout().close())
+        thread.start()
+        wait_until(lambda: pool.get_stats()[S.REQUESTS_WAITING] == 1, what="a waiter")
+        started = time.monotonic()
+        with self.assertRaisesRegex(TooManyRequests, r"max_waiting=1"):
+            pool.checkout()
+        self.assertLess(time.monotonic() - started, 5, "refused without waiting for timeout")
+        holder.close()
+        thread.join(10)
+
+    def test_discarded_connection_frees_its_slot_for_a_waiter(self):
+        pool = self.make_pool(max_size=1, max_uses=1, timeout=10)
+        holder = pool.checkout()
+        result = []
+        thread = threading.Thread(target=lambda: result.append(backend_pid(pool.checkout())))
+        thread.start()
+        wait_until(lambda: pool.get_stats()[S.REQUESTS_WAITING] == 1, what="a waiter")
+        old_pid = backend_pid(holder)
+        holder.close()  # max_uses=1: closed, the waiter opens a new one in the freed slot
+        thread.join(10)
+        self.assertEqual(len(result), 1)
+        self.assertNotEqual(result[0], old_pid)
+
+    def test_closed_pool_refuses_checkout_and_wakes_waiters(self):
+        pool = self.make_pool(max_size=1, timeout=10)
+        holder = pool.checkout()
+        errors = []
+
+        def wait():
+            try:
+                pool.checkout()
+            except PoolClosed as error:
+                errors.append(error)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        wait_until(lambda: pool.get_stats()[S.REQUESTS_WAITING] == 1, what="a waiter")
+        pool.close()
+        thread.join(10)
+        self.assertEqual(len(errors), 1)
+        with self.assertRaises(PoolClosed):
+            pool.checkout()
+        holder.close()  # returned to a closed pool: closed, not kept
+        self.assertEqual(pool.get_stats()[S.POOL_SIZE], 0)
+
+
+class LifetimeTests(PoolTestCase):
+    def test_max_uses_closes_after_n_leases(self):
+        pool = self.make_pool(max_uses=2)
+        pids = []
+        for _ in range(4):
+            handle = pool.checkout()
+            pids.append(backend_pid(handle))
+            handle.close()
+        self.assertEqual(pids[0], pids[1])
+        self.assertEqual(pids[2], pids[3])
+        self.assertNotEqual(pids[1], pids[2])
+
+    def test_max_idle_zero_and_max_lifetime_zero_close_on_return(self):
+        for option in ("max_idle", "max_lifetime"):
+            with self.subTest(option=option):
+                pool = self.make_pool(**{option: 0})
+                handle = pool.checkout()
+                handle.close()
+                self.assertEqual(pool.get_stats()[S.POOL_SIZE], 0)
+
+    def test_max_lifetime_expires_with_jitter(self):
+        pool = self.make_pool(max_lifetime=100.0, max_size=20)
+        handles = [pool.checkout() for _ in range(20)]
+        expiries = {round(handle.record.expires_at - handle.record.opened_at, 3) for handle in handles}
+        self.assertTrue(all(90.0 <= expiry <= 100.0 for expiry in expiries))
+        self.assertGreater(len(expiries), 1, "connections must not all expire together")
+        for handle in handles:
+            handle.close()
+
+    def test_expired_idle_connection_is_replaced_at_checkout(self):
+        pool = self.make_pool(max_lifetime=3600, cleaner="inline")
+        handle = pool.checkout()
+        first = backend_pid(handle)
+        handle.record.expires_at = time.monotonic() - 1  # as if an hour had passed
+        handle.close()
+        self.assertEqual(pool.get_stats()[S.CONNECTIONS_EXPIRED], 1)
+        handle = pool.checkout()
+        self.assertNotEqual(backend_pid(handle), first)
+        handle.close()
+
+    def test_maintenance_closes_idle_above_min_size_and_refills_to_min_size(self):
+        pool = self.make_pool(min_size=2, max_size=5, max_idle=60, cleaner="inline")
+        handles = [pool.checkout() for _ in range(4)]
+        for handle in handles:
+            handle.close()
+        self.assertEqual(pool.get_stats()[S.POOL_AVAILABLE], 4)
+        for record in pool._idle:
+            record.idle_since -= 120  # idle for two minutes
+        pool.run_maintenance()
+        stats = pool.get_stats()
+        self.assertEqual(stats[S.POOL_AVAILABLE], 2, "min_size connections stay")
+        self.assertEqual(stats[S.CONNECTIONS_IDLE_CLOSED], 2)
+        for record in list(pool._idle):
+            record.expires_at = 0
+        pool.run_maintenance()
+        stats = pool.get_stats()
+        self.assertEqual(stats[S.CONNECTIONS_EXPIRED], 2)
+        self.assertEqual(stats[S.POOL_AVAILABLE], 2, "refilled to min_size")
+
+    def test_cleaner_thread_runs_maintenance(self):
+        pool = self.make_pool(min_size=1, cleaner="thread")
+        self.assertTrue(cleaner.is_running())
+        wait_until(lambda: pool.get_stats()[S.POOL_AVAILABLE] == 1, what="refill to min_size")
+
+    def test_inline_cleaner_starts_no_thread_and_maintains_on_checkin(self):
+        code = (
+            "import threading, time\n"
+            "from django_pooled_pg.pool import ConnectionPool\n"
+            f"pool = ConnectionPool({server_params()!r}, min_size=2, cleaner='inline')\n"
+            "pool.checkout().close()\n"
+            "assert threading.active_count() == 1, threading.enumerate()\n"
+            "assert pool.get_stats()['pool_available'] == 2, pool.get_stats()\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+
+class ExitAndImportTests(PoolTestCase):
+    def test_interpreter_exits_cleanly_with_cleaner_thread_and_leased_connections(self):
+        code = (
+            "from django_pooled_pg.pool import ConnectionPool\n"
+            f"pool = ConnectionPool({server_params()!r}, min_size=2, max_size=4)\n"
+            "held = pool.checkout()\n"
+            "cur = held.cursor(); cur.execute('BEGIN; SELECT 1')\n"
+            "pool.checkout().close()\n"
+        )
+        for _ in range(3):
+            result = subprocess.run(
+                [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(result.stderr, "")
+
+    def test_engine_imports_no_django(self):
+        code = (
+            "import sys, django_pooled_pg.pool, django_pooled_pg.testing\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'django'], 'django imported'\n"
+        )
+        result = subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+
+class ConfigTests(PoolTestCase):
+    def test_bad_options_name_the_option_and_what_is_allowed(self):
+        cases = [
+            ({"max_size": 0}, "max_size must be at least 1, not 0"),
+            ({"min_size": 5, "max_size": 2}, "min_size (5) must not be greater than max_size (2)"),
+            ({"timeout": -1}, "timeout must be a number of seconds > 0"),
+            ({"max_idle": -5}, "max_idle must be a number of seconds >= 0, not -5"),
+            ({"max_size": "10"}, "max_size must be an integer, not '10'"),
+            ({"max_size": True}, "max_size must be an integer, not True"),
+            ({"cleaner": "cron"}, "cleaner must be one of 'thread', 'inline', not 'cron'"),
+            ({"reset": "never"}, "reset must be one of 'auto', 'always', 'rollback'"),
+            ({"max_sise": 3}, "unknown option 'max_sise'; allowed options are: "),
+        ]
+        for options, message in cases:
+            with self.subTest(options=options):
+                with self.assertRaises(ValueError) as caught:
+                    PoolConfig.from_options(options)
+                self.assertIn(message, str(caught.exception))
+
+    def test_true_means_defaults(self):
+        self.assertEqual(PoolConfig.from_options(True), PoolConfig())
+        self.assertEqual(PoolConfig.from_options({}), PoolConfig())
+
+
+class StatsTests(PoolTestCase):
+    def test_pop_stats_resets_counters_but_not_gauges(self):
+        pool = self.make_pool()
+        pool.checkout().close()
+        first = pool.pop_stats()
+        self.assertEqual(first[S.REQUESTS_NUM], 1)
+        second = pool.pop_stats()
+        self.assertNotIn(S.REQUESTS_NUM, second)
+        self.assertEqual(second[S.POOL_SIZE], 1)
+
+    def test_failed_connect_is_counted_and_frees_the_slot(self):
+        params = {**server_params(), "dbname": "no_such_database"}
+        pool = ConnectionPool(params, name="broken", max_size=1)
+        self.addCleanup(pool.close)
+        import psycopg2
+
+        for _ in range(2):  # the second would time out if the first leaked its slot
+            with self.assertRaises(psycopg2.OperationalError):
+                pool.checkout()
+        self.assertEqual(pool.get_stats()[S.CONNECTIONS_ERRORS], 2)
+        self.assertEqual(pool.get_stats()[S.POOL_SIZE], 0)
+
+
+class LoggingTests(PoolTestCase):
+    def test_rollback_on_return_is_logged_with_the_lease_stack(self):
+        pool = self.make_pool()
+        handle = pool.checkout()
+        handle.autocommit = False
+        query(handle, "SELECT 1")
+        with self.assertLogs("django_pooled_pg.pool.pool", logging.WARNING) as logs:
+            handle.close()
+        self.assertIn("rolled back", logs.output[0])
+        self.assertIn("handle = pool.checkout()", logs.output[0])
+        self.assertEqual(pool.get_stats()[S.RETURNS_ROLLED_BACK], 1)

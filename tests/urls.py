@@ -1,0 +1,8 @@
+from django.urls import path
+
+from shop import views
+
+urlpatterns = [
+    path("select1/", views.select1),
+    path("", views.index),
+]
