@@ -14,7 +14,7 @@ from django.utils.functional import cached_property
 from . import conf, registry, signals  # noqa: F401 (signals: fresh pools on DATABASES change)
 from .database import PooledDatabase
 from .features import DatabaseFeatures
-from .pool import ConnectionHandle, ConnectionPool
+from .pool import ConnectionHandle, ConnectionPool, PoolConfig
 
 if postgresql.is_psycopg3:
     raise ImproperlyConfigured(
@@ -43,8 +43,14 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
         super().__init__(settings_dict, alias)
-        # Parsed here so that a bad option fails at the first connections[alias] access.
-        self.pool_config = None if alias == NO_DB_ALIAS else conf.pool_config(alias, settings_dict)
+        self.pool_config  # a bad option fails here, at the first connections[alias] access
+
+    @property
+    def pool_config(self) -> PoolConfig | None:
+        """This alias's pool options now (settings and configure_pool()); None: unpooled."""
+        if self.alias == NO_DB_ALIAS:
+            return None  # CREATE/DROP DATABASE connections are never pooled
+        return conf.pool_config(self.alias, self.settings_dict)
 
     @property
     def pool(self) -> None:
@@ -77,7 +83,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             self.settings_dict = settings_dict
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
-        if self.pool_config is None:
+        config = self.pool_config
+        if config is None:
             return super().get_new_connection(conn_params)
         level = self.settings_dict["OPTIONS"].get("isolation_level")
         try:
@@ -89,12 +96,15 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 f"Invalid transaction isolation level {level} specified. "
                 f"Use one of the psycopg.IsolationLevel values."
             ) from None
-        return self.get_pool(conn_params).checkout()
+        return self.get_pool(conn_params, config).checkout()
 
-    def get_pool(self, conn_params: dict[str, Any] | None = None) -> ConnectionPool:
+    def get_pool(
+        self, conn_params: dict[str, Any] | None = None, config: PoolConfig | None = None
+    ) -> ConnectionPool:
         """The pool for this alias's current settings (the key is computed now, because
         Django's test runner renames the database in place)."""
-        if self.pool_config is None:
+        config = config or self.pool_config
+        if config is None:
             raise ImproperlyConfigured(f"pooling is turned off for database {self.alias!r}")
         if conn_params is None:
             conn_params = self.get_connection_params()
@@ -106,7 +116,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         level = self.settings_dict["OPTIONS"].get("isolation_level")
         return registry.get_pool(
             conn_params,
-            self.pool_config,
+            config,
             name=self._pool_name(conn_params),
             session_init=session_init,
             configure=_configure_new_connection(level),

@@ -12,9 +12,21 @@ __all__ = ["configure_pool", "pool_config"]
 
 #: Options set in code with configure_pool(), merged over OPTIONS["pool"] per alias.
 _overrides: dict[str, dict[str, Any]] = {}
+#: Parsed configs by (alias, repr of the options): every lease looks its config up.
+_parsed: dict[tuple[str, str], PoolConfig | None] = {}
 
 
 def pool_config(alias: str, settings_dict: dict[str, Any]) -> PoolConfig | None:
+    """The parsed pool options of an alias (cached; see _parse_pool_config)."""
+    key = (alias, repr(settings_dict.get("OPTIONS", {}).get("pool", True)))
+    try:
+        return _parsed[key]
+    except KeyError:
+        config = _parsed[key] = _parse_pool_config(alias, settings_dict)
+        return config
+
+
+def _parse_pool_config(alias: str, settings_dict: dict[str, Any]) -> PoolConfig | None:
     """The parsed pool options of an alias; None when pooling is turned off (``pool: False``).
 
     A missing ``pool`` key means the defaults: choosing this ENGINE is choosing pooling.
@@ -48,6 +60,7 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
     merged = {**_overrides.get(alias, {}), **options}
     previous = _overrides.get(alias)
     _overrides[alias] = merged
+    _parsed.clear()
     try:
         config = pool_config(alias, settings_dict)
     except ImproperlyConfigured:
@@ -55,6 +68,7 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
             del _overrides[alias]
         else:
             _overrides[alias] = previous
+        _parsed.clear()
         raise
     assert config is not None
     # Pools of the old options close as their connections come back.
@@ -62,5 +76,12 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
     return config
 
 
-def clear_overrides() -> None:
-    _overrides.clear()
+def reset_pool_config(alias: str | None = None) -> None:
+    """Forget options set with configure_pool() for ``alias`` (all aliases by default)."""
+    from .registry import close_pools
+
+    aliases = list(_overrides) if alias is None else [alias]
+    _parsed.clear()
+    for name in aliases:
+        if _overrides.pop(name, None) is not None:
+            close_pools(lambda pool: pool.name.startswith(f"{name}:"))

@@ -17,4 +17,10 @@ USE_TZ = True
 TIME_ZONE = "UTC"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 ROOT_URLCONF = "tests.urls"
-LOGGING_CONFIG = None
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    # Warnings the tests provoke on purpose are asserted with assertLogs, not printed.
+    "handlers": {"null": {"class": "logging.NullHandler"}},
+    "loggers": {"django_pooled_pg": {"handlers": ["null"], "propagate": False}},
+}

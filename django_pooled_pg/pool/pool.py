@@ -531,13 +531,13 @@ class ConnectionPool:
     def get_stats(self) -> dict[str, int]:
         """Counters since the last pop_stats(), plus the current sizes."""
         with self._lock:
-            values = dict(self._stats)
+            values = {name: self._stats[name] for name in stats.COUNTERS}
             values.update(self._gauges())
         return values
 
     def pop_stats(self) -> dict[str, int]:
         with self._lock:
-            values = dict(self._stats)
+            values = {name: self._stats[name] for name in stats.COUNTERS}
             values.update(self._gauges())
             self._stats.clear()
         return values

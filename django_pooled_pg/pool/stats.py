@@ -25,3 +25,11 @@ RETURNS_ROLLED_BACK = "returns_rolled_back"  # returned inside a transaction
 RESETS_NUM = "resets_num"  # full session resets (one round trip each)
 PINGS_NUM = "pings_num"
 LEAKS_RECOVERED = "leaks_recovered"  # handles garbage-collected without checkin
+
+#: Every counter, reported as 0 until its event happens.
+COUNTERS = (
+    REQUESTS_NUM, REQUESTS_QUEUED, REQUESTS_WAIT_MS, REQUESTS_TIMEOUTS, REQUESTS_REFUSED,
+    CONNECTIONS_NUM, CONNECTIONS_MS, CONNECTIONS_ERRORS, CONNECTIONS_LOST, CONNECTIONS_EXPIRED,
+    CONNECTIONS_IDLE_CLOSED, CONNECTIONS_CLOSED, RETURNS_ROLLED_BACK, RESETS_NUM, PINGS_NUM,
+    LEAKS_RECOVERED,
+)  # fmt: skip

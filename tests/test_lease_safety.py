@@ -1,0 +1,160 @@
+"""Contracts 1, 3 and 5 through Django: one holder, no use after return, leaks come back."""
+
+import gc
+import logging
+import threading
+
+from django.core.signals import request_finished, request_started
+from django.db import InterfaceError, connection, connections
+from django.test import SimpleTestCase
+
+from django_pooled_pg.conf import configure_pool, reset_pool_config
+from django_pooled_pg.pool import stats as S
+
+from .helpers import query
+
+
+class PooledAliasTestCase(SimpleTestCase):
+    """Django-level tests on the 'default' alias with pool options set for the test."""
+
+    databases = {"default"}
+    pool_options: dict = {}
+
+    def setUp(self):
+        connection.close()
+        configure_pool("default", **self.pool_options)
+        self.addCleanup(reset_pool_config, "default")
+        self.addCleanup(connection.close)
+        connection.database.pool.pop_stats()
+
+
+class OneHolderTests(PooledAliasTestCase):
+    pool_options = {"max_size": 8, "timeout": 60}
+
+    def test_64_threads_300_request_cycles_never_share_a_backend(self):
+        holding = {}
+        lock = threading.Lock()
+        problems = []
+        cycles = []
+
+        def worker():
+            for _ in range(300):
+                request_started.send(sender=None)
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_backend_pid()")
+                    (pid,) = cursor.fetchone()
+                    me = threading.get_ident()
+                    with lock:
+                        if pid in holding:
+                            problems.append((pid, holding[pid], me))
+                        holding[pid] = me
+                    cursor.execute("SELECT %s", [me])
+                    if cursor.fetchone()[0] != me:
+                        problems.append(("wrong result", pid, me))
+                    with lock:
+                        del holding[pid]
+                request_finished.send(sender=None)
+                cycles.append(1)
+            connection.close()
+
+        threads = [threading.Thread(target=worker) for _ in range(64)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(300)
+        self.assertEqual(problems, [])
+        self.assertEqual(len(cycles), 64 * 300)
+        stats = connection.database.get_stats()
+        self.assertLessEqual(stats[S.POOL_SIZE], 8)
+        self.assertGreater(stats[S.REQUESTS_QUEUED], 0, "the test must make threads wait")
+
+
+class NoUseAfterReturnTests(PooledAliasTestCase):
+    pool_options = {"max_size": 1, "timeout": 10}
+
+    def test_cursor_kept_after_close_raises_and_never_touches_the_next_holder(self):
+        connection.ensure_connection()
+        query(connection.connection, "CREATE TABLE IF NOT EXISTS stale_probe (a int)")
+        self.addCleanup(lambda: connection.cursor().execute("DROP TABLE stale_probe"))
+        stale_cursor = connection.cursor()
+        stale_handle = connection.connection
+        first_pid = query(stale_handle, "SELECT pg_backend_pid()")[0][0]
+        connection.close()
+
+        # Another thread now holds the only connection, inside a transaction.
+        entered, release, outcome = threading.Event(), threading.Event(), {}
+
+        def other_request():
+            other = connections["default"]
+            other.set_autocommit(False)
+            outcome["pid"] = query(other.connection, "SELECT pg_backend_pid()")[0][0]
+            entered.set()
+            release.wait(10)
+            outcome["rows"] = query(other.connection, "SELECT count(*) FROM stale_probe")
+            other.rollback()
+            other.close()
+
+        thread = threading.Thread(target=other_request)
+        thread.start()
+        entered.wait(10)
+        self.assertEqual(outcome["pid"], first_pid, "the other thread got the same backend")
+        with self.assertRaisesMessage(InterfaceError, "lease has ended"):
+            stale_cursor.execute("INSERT INTO stale_probe VALUES (1)")
+        with self.assertRaises(Exception) as caught:
+            stale_handle.cursor()
+        self.assertIn("lease has ended", str(caught.exception))
+        release.set()
+        thread.join(10)
+        self.assertEqual(outcome["rows"], [(0,)], "nothing ran in the other holder's transaction")
+
+    def test_django_connection_object_is_a_handle_not_the_raw_connection(self):
+        connection.ensure_connection()
+        self.assertEqual(type(connection.connection).__name__, "ConnectionHandle")
+        self.assertTrue(connection.connection.lease_active)
+
+
+class LeakRecoveryTests(PooledAliasTestCase):
+    pool_options = {"max_size": 5, "timeout": 20}
+
+    def test_fifty_dead_threads_without_close_do_not_exhaust_a_pool_of_five(self):
+        results = []
+
+        def leaky_request():
+            with connections["default"].cursor() as cursor:
+                cursor.execute("SELECT 1")  # leaky_request: never closes its connection
+                results.append(cursor.fetchone()[0])
+
+        with self.assertLogs("django_pooled_pg", logging.WARNING) as logs:
+            for _ in range(50):
+                thread = threading.Thread(target=leaky_request)
+                thread.start()
+                thread.join(30)
+            gc.collect()
+            connection.database.pool.run_maintenance()
+        self.assertEqual(results, [1] * 50)
+        stats = connection.database.get_stats()
+        self.assertGreaterEqual(stats[S.LEAKS_RECOVERED], 45)
+        self.assertLessEqual(stats[S.POOL_SIZE], 5)
+        self.assertEqual(stats[S.POOL_LEASED], 0)
+        leak_logs = [line for line in logs.output if "never returned" in line]
+        self.assertTrue(leak_logs)
+        self.assertIn("test_lease_safety.py", leak_logs[0])
+        self.assertIn("leaky_request", leak_logs[0])
+
+    def test_leaked_transaction_is_rolled_back_before_reuse(self):
+        def leave_transaction_open():
+            other = connections["default"]
+            other.set_autocommit(False)
+            query(other.connection, "CREATE TEMP TABLE leaked_tx (a int)")
+
+        with self.assertLogs("django_pooled_pg", logging.WARNING):
+            thread = threading.Thread(target=leave_transaction_open)
+            thread.start()
+            thread.join(10)
+            gc.collect()
+            connection.database.pool.run_maintenance()
+        connection.ensure_connection()
+        self.assertEqual(
+            query(connection.connection, "SELECT count(*) FROM pg_class WHERE relname = 'leaked_tx'"),
+            [(0,)],
+        )

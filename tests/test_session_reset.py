@@ -1,0 +1,219 @@
+"""Contract 2: the next holder sees a fresh login's session; the reset is skipped when clean."""
+
+import psycopg2
+
+from django_pooled_pg.pool import stats as S
+from django_pooled_pg.pool.session import may_change_session
+
+from .helpers import PoolTestCase, admin_connection, query
+
+
+class SessionResetTests(PoolTestCase):
+    """Each test dirties the session in one lease and checks the next lease of the same
+    physical connection (max_size=1 guarantees it is the same backend)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        admin = admin_connection()
+        query(admin, "DROP ROLE IF EXISTS dpp_other")
+        query(admin, "CREATE ROLE dpp_other")
+        admin.close()
+
+    def lease_twice(self, dirty_sql, check_sql, **options):
+        pool = self.make_pool(max_size=1, **options)
+        handle = pool.checkout()
+        pid = query(handle, "SELECT pg_backend_pid()")[0][0]
+        fresh = query(handle, check_sql)
+        for sql in dirty_sql:
+            query(handle, sql)
+        dirty = query(handle, check_sql)
+        handle.close()
+        handle = pool.checkout()
+        self.assertEqual(query(handle, "SELECT pg_backend_pid()")[0][0], pid, "same backend")
+        after = query(handle, check_sql)
+        handle.close()
+        self.assertNotEqual(fresh, dirty, "the test did not change anything")
+        self.assertEqual(after, fresh, f"leaked from the previous lease: {dirty_sql}")
+        return pool
+
+    def test_set_role_is_undone(self):
+        self.lease_twice(["SET ROLE dpp_other"], "SELECT current_user")
+
+    def test_session_authorization_is_undone(self):
+        self.lease_twice(
+            ["SET SESSION AUTHORIZATION dpp_other"], "SELECT session_user, current_user"
+        )
+
+    def test_search_path_is_undone(self):
+        self.lease_twice(["SET search_path TO pg_catalog"], "SHOW search_path")
+
+    def test_statement_timeout_is_undone(self):
+        self.lease_twice(["SET statement_timeout = '5s'"], "SHOW statement_timeout")
+
+    def test_custom_setting_via_set_config_is_undone(self):
+        # Once defined, a custom placeholder reads '' rather than NULL after RESET ALL
+        # (DISCARD ALL behaves the same): compare the values, not their absence.
+        self.lease_twice(
+            ["SELECT set_config('myapp.tenant', '42', false)"],
+            "SELECT coalesce(current_setting('myapp.tenant', true), '')",
+        )
+
+    def test_temp_tables_are_dropped(self):
+        self.lease_twice(
+            ["CREATE TEMP TABLE scratch (a int)"],
+            "SELECT count(*) FROM pg_class WHERE relpersistence = 't' AND relname = 'scratch'",
+        )
+
+    def test_session_advisory_locks_are_released(self):
+        self.lease_twice(
+            ["SELECT pg_advisory_lock(4242)"],
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()",
+        )
+
+    def test_listen_is_undone(self):
+        self.lease_twice(["LISTEN dpp_channel"], "SELECT count(*) FROM pg_listening_channels()")
+
+    def test_with_hold_cursors_are_closed(self):
+        self.lease_twice(
+            ["DECLARE kept CURSOR WITH HOLD FOR SELECT 1"], "SELECT count(*) FROM pg_cursors"
+        )
+
+    def test_named_cursor_left_open_is_closed(self):
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        cursor = handle.cursor("iter", withhold=True)  # what QuerySet.iterator() uses
+        cursor.execute("SELECT generate_series(1, 1000)")
+        cursor.fetchmany(10)
+        handle.close()
+        handle = pool.checkout()
+        self.assertEqual(query(handle, "SELECT count(*) FROM pg_cursors"), [(0,)])
+        handle.close()
+
+    def test_open_transaction_is_rolled_back(self):
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        query(handle, "CREATE TABLE IF NOT EXISTS reset_probe (a int)")
+        query(handle, "TRUNCATE reset_probe")
+        handle.autocommit = False
+        query(handle, "INSERT INTO reset_probe VALUES (1)")
+        handle.close()  # never committed
+        handle = pool.checkout()
+        self.assertEqual(handle.info.transaction_status, psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+        self.assertTrue(handle.autocommit)
+        self.assertEqual(query(handle, "SELECT count(*) FROM reset_probe"), [(0,)])
+        query(handle, "DROP TABLE reset_probe")
+        handle.close()
+
+    def test_failed_transaction_is_rolled_back(self):
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        handle.autocommit = False
+        with self.assertRaises(psycopg2.Error):
+            query(handle, "SELECT 1/0")
+        handle.close()
+        handle = pool.checkout()
+        self.assertEqual(query(handle, "SELECT 1"), [(1,)])
+        handle.close()
+
+    def test_psycopg2_session_characteristics_are_restored(self):
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        handle.set_session(isolation_level="SERIALIZABLE", readonly=True, autocommit=False)
+        handle.close()
+        handle = pool.checkout()
+        self.assertTrue(handle.autocommit)
+        self.assertIsNone(handle.isolation_level)
+        self.assertIsNone(handle.readonly)
+        handle.autocommit = False
+        self.assertEqual(query(handle, "SHOW transaction_isolation"), [("read committed",)])
+        self.assertEqual(query(handle, "SHOW transaction_read_only"), [("off",)])
+        handle.rollback()
+        handle.close()
+
+    def test_user_prepared_statements_do_not_leak(self):
+        # PREPARE marks the lease dirty; DEALLOCATE of user statements comes with the
+        # prepared-plans feature, which owns the per-connection statement list.
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        query(handle, "PREPARE mine AS SELECT 1")
+        self.assertTrue(handle.record.dirty)
+        handle.close()
+
+    def test_session_baseline_is_reapplied_after_reset(self):
+        pool = self.make_pool(max_size=1, session_init=[("SET TIME ZONE %s", ["Asia/Tokyo"])])
+        handle = pool.checkout()
+        self.assertEqual(query(handle, "SHOW TimeZone"), [("Asia/Tokyo",)])
+        query(handle, "SET TIME ZONE 'UTC'")
+        handle.close()
+        handle = pool.checkout()
+        self.assertEqual(query(handle, "SHOW TimeZone"), [("Asia/Tokyo",)])
+        handle.close()
+        self.assertEqual(pool.get_stats()[S.RESETS_NUM], 1)
+
+
+class ResetSkipTests(PoolTestCase):
+    def test_clean_leases_skip_the_reset_round_trip(self):
+        pool = self.make_pool(max_size=1)
+        for _ in range(5):
+            handle = pool.checkout()
+            query(handle, "SELECT 1")
+            query(handle, "CREATE TABLE IF NOT EXISTS skip_probe (a int)")
+            query(handle, "UPDATE skip_probe SET a = 1 WHERE a = 2")
+            handle.close()
+        self.assertEqual(pool.get_stats()[S.RESETS_NUM], 0)
+        handle = pool.checkout()
+        query(handle, "DROP TABLE skip_probe")
+        handle.close()
+
+    def test_reset_always_resets_every_return(self):
+        pool = self.make_pool(max_size=1, reset="always")
+        for _ in range(3):
+            pool.checkout().close()
+        self.assertEqual(pool.get_stats()[S.RESETS_NUM], 3)
+
+    def test_reset_rollback_only_ends_the_transaction(self):
+        pool = self.make_pool(max_size=1, reset="rollback")
+        handle = pool.checkout()
+        query(handle, "SET search_path TO pg_catalog")
+        handle.close()
+        handle = pool.checkout()
+        self.assertEqual(query(handle, "SHOW search_path"), [("pg_catalog",)])
+        handle.close()
+
+    def test_classifier_flags_what_changes_a_session(self):
+        session_changing = [
+            "SET search_path TO x",
+            "set role bob",
+            "RESET ALL",
+            "SELECT set_config('a.b', '1', false)",
+            "CREATE TEMPORARY TABLE t (a int)",
+            "SELECT a INTO TEMP t FROM u",
+            "SELECT pg_advisory_lock(1)",
+            "SELECT pg_try_advisory_lock(1)",
+            "LISTEN channel",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "PREPARE p AS SELECT 1",
+            "DO $$ BEGIN PERFORM set_config('a.b', '1', false); END $$",
+            "DO $$ BEGIN SET search_path = x; END $$",
+            "UPDATE t SET a = set_config('x.y', '1', false)",
+            "LOAD 'auto_explain'",
+            "/* comment */ SET x = 1",
+        ]
+        clean = [
+            "SELECT 1",
+            "  -- a comment\nSELECT * FROM t WHERE id IN (1, 2, 3)",
+            "INSERT INTO t (a) VALUES (1) RETURNING id",
+            'UPDATE "t" SET "a" = 1 WHERE "id" = 2',
+            "DELETE FROM t WHERE id = 3",
+            "SAVEPOINT s1",
+            "RELEASE SAVEPOINT s1",
+            "SELECT pg_advisory_xact_lock(1)",
+            "CREATE TABLE t (a int)",
+            "WITH x AS (SELECT 1) SELECT * FROM x",
+            'SELECT "templates"."id" FROM "templates"',
+        ]
+        for sql in session_changing:
+            self.assertTrue(may_change_session(sql), sql)
+        for sql in clean:
+            self.assertFalse(may_change_session(sql), sql)
