@@ -134,7 +134,7 @@ def activate(name: str | None) -> None:
 # -- the request cycle ----------------------------------------------------------------
 
 
-def make_cycle(alias: str):
+def make_cycle(alias: str = "default"):
     from django.core.signals import request_finished, request_started
     from django.db import connections
 
@@ -178,18 +178,31 @@ def timed_loop(cycle, seconds: float) -> tuple[int, float]:
             return count, now - start
 
 
-def run_single(alias: str, seconds: float) -> float:
+POOLS: dict[str, object] = {}
+
+
+def run_single(name: str, seconds: float) -> float:
     from django.db import connections
 
-    cycle = make_cycle(alias)
-    for _ in range(3 if alias == "unpooled" else 50):  # warm-up: connect, fill the pool
+    activate(name)
+    cycle = make_cycle()
+    for _ in range(3 if name == "unpooled" else 50):  # warm-up: connect, fill the pool
         cycle()
-    check_only_connected(alias)
+    check_only_connected("default")
     count, elapsed = timed_loop(cycle, seconds)
-    check_only_connected(alias)
-    connections[alias].close()  # persistent: give up the session so later rounds stay fair
+    check_only_connected("default")
+    remember_pool(name)
+    connections["default"].close()  # persistent: give up the session so later rounds stay fair
     check_only_connected(None)
     return count / elapsed
+
+
+def remember_pool(name: str) -> None:
+    from django.db import connections
+
+    conn = connections["default"]
+    if hasattr(conn, "get_pool"):
+        POOLS[name] = conn.get_pool()
 
 
 # -- threaded workload ----------------------------------------------------------------
@@ -235,10 +248,13 @@ class SessionSampler(threading.Thread):
         self.conn.close()
 
 
-def run_threaded(alias: str, threads: int, seconds: float, warmup: float = 0.5) -> dict:
+def run_threaded(name: str, threads: int, seconds: float, warmup: float = 0.5) -> dict:
     from django.db import connections
 
-    cycle = make_cycle(alias)
+    activate(name)
+    remember_pool(name)
+    alias = "default"
+    cycle = make_cycle()
     counts = [0] * threads
     errors: list[BaseException] = []
     barrier = threading.Barrier(threads + 1)
@@ -281,7 +297,8 @@ def run_threaded(alias: str, threads: int, seconds: float, warmup: float = 0.5) 
 
 
 def profile_pooled(seconds: float) -> str:
-    cycle = make_cycle("pooled")
+    activate("pooled")
+    cycle = make_cycle()
     for _ in range(100):
         cycle()
     profiler = cProfile.Profile()
@@ -346,9 +363,8 @@ def run(args: argparse.Namespace, url: str) -> int:
     import psycopg2
     from django.db import connections
 
-    # Same aliases initialized (unconnected) for every contender: equal signal cost.
-    for alias in connections:
-        connections[alias]
+    activate("persistent")
+    connections["default"]  # initialized, not connected: what every contender walks
     baseline_count, baseline_elapsed = timed_loop(signals_only_cycle, 0.5)
     baseline_us = 1e6 * baseline_elapsed / baseline_count
 
@@ -357,7 +373,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
         f"{args.rounds} rounds x {args.seconds:g} s"
     )
-    print(f"signals-only cycle ({len(connections.all())} idle aliases): {baseline_us:.1f} us\n")
+    print(f"signals-only cycle (1 unconnected alias): {baseline_us:.1f} us\n")
 
     # Workload 1: one thread, interleaved rounds.
     single: dict[str, list[float]] = {alias: [] for alias in SINGLE}
@@ -371,19 +387,17 @@ def run(args: argparse.Namespace, url: str) -> int:
             flush=True,
         )
     median = {alias: statistics.median(values) for alias, values in single.items()}
-    pool_stats = {
-        alias: connections[alias].database.get_stats() for alias in ("pooled", "pooled_always")
-    }
+    pool_stats = {name: POOLS[name].get_stats() for name in ("pooled", "pooled_always")}
 
     # Workload 2: threads, interleaved rounds, sessions sampled server-side.
-    settings_dict = connections["t_persistent"].settings_dict
+    entry = CONTENDERS["t_persistent"]
     sampler = SessionSampler(
         {
-            "dbname": settings_dict["NAME"],
-            "user": settings_dict["USER"] or None,
-            "password": settings_dict["PASSWORD"] or None,
-            "host": settings_dict["HOST"] or None,
-            "port": settings_dict["PORT"] or None,
+            "dbname": entry["NAME"],
+            "user": entry["USER"] or None,
+            "password": entry["PASSWORD"] or None,
+            "host": entry["HOST"] or None,
+            "port": entry["PORT"] or None,
         }
     )
     sampler.start()
@@ -400,7 +414,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         )
     sampler.stop()
     t_median = {a: statistics.median(r["rps"] for r in runs) for a, runs in threaded.items()}
-    t_pool_stats = connections["t_pooled8"].database.get_stats()
+    t_pool_stats = POOLS["t_pooled8"].get_stats()
     sessions = {alias: sampler.maxima.get(alias, 0) for alias in THREADED}
 
     ratios = {
@@ -418,7 +432,7 @@ def run(args: argparse.Namespace, url: str) -> int:
     print(f"  {'contender':<15}{'req/s':>10}{'us/req':>9}{'min..max req/s':>22}{'resets':>9}")
     for alias in SINGLE:
         values = single[alias]
-        resets = pool_stats[alias]["resets_num"] if alias in pool_stats else None
+        resets = pool_stats[alias].get("resets_num", 0) if alias in pool_stats else None
         requests = pool_stats[alias].get("requests_num") if alias in pool_stats else None
         print(
             f"  {alias:<15}{median[alias]:>10,.0f}{1e6 / median[alias]:>9.1f}"

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""The demo: the testproject served by gunicorn through the pooled backend, on a throwaway
+PostgreSQL started here (or $DATABASE_URL).
+
+It migrates, loads a small catalogue, starts gunicorn (2 worker processes x 4 threads) on
+http://127.0.0.1:8000/, sends a burst of real HTTP requests, prints what each worker's pool
+did, and keeps serving until Ctrl-C (``--seconds N`` stops after N seconds instead).
+"""
+
+import argparse
+import concurrent.futures
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PROJECT = os.path.join(HERE, "testproject")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=400)
+    parser.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
+    args = parser.parse_args()
+
+    sys.path[:0] = [HERE, PROJECT]
+    cluster = None
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="testproject.settings")
+    env["PYTHONPATH"] = os.pathsep.join([HERE, PROJECT, env.get("PYTHONPATH", "")])
+    if not env.get("DATABASE_URL"):
+        from django_pooled_pg.testing import Cluster
+
+        cluster = Cluster().init()
+        cluster.start()
+        env.update(cluster.export_env())
+        env["DATABASE_URL"] = cluster.url.rsplit("/", 1)[0] + "/demo"
+        subprocess.run(
+            [os.path.join(cluster.bindir, "createdb"), "-h", cluster.host, "-p",
+             str(cluster.port), "-U", "postgres", "demo"],
+            check=True,
+        )  # fmt: skip
+        print(f"PostgreSQL throwaway cluster on port {cluster.port}")
+    server = None
+    try:
+        manage = [sys.executable, os.path.join(PROJECT, "manage.py")]
+        subprocess.run([*manage, "migrate", "--verbosity", "0"], env=env, check=True)
+        subprocess.run([*manage, "load_demo_data"], env=env, check=True)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "testproject.wsgi",
+             "--bind", f"127.0.0.1:{args.port}", "--workers", str(args.workers),
+             "--threads", str(args.threads), "--chdir", PROJECT, "--log-level", "warning"],
+            env=env,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{args.port}"
+        wait_for(base + "/select1/")
+        burst(base, args.requests, args.workers * args.threads * 2)
+        report(base, args.workers)
+        print(f"\nServing {base}/ (try /products/1/ and /pool/). Ctrl-C to stop.")
+        deadline = None if args.seconds is None else time.monotonic() + args.seconds
+        while deadline is None or time.monotonic() < deadline:
+            if server.poll() is not None:
+                print("gunicorn exited", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if server is not None and server.poll() is None:
+            server.send_signal(signal.SIGTERM)
+            server.wait(30)
+        if cluster is not None:
+            cluster.destroy()
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def wait_for(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            get_json(url)
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def burst(base: str, count: int, concurrency: int) -> None:
+    paths = ["/", "/select1/", *[f"/products/{pk}/" for pk in range(1, 21)]]
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as executor:
+        results = list(executor.map(lambda i: get_json(base + paths[i % len(paths)]), range(count)))
+    elapsed = time.monotonic() - started
+    backends = {r["backend_pid"] for r in results if "backend_pid" in r}
+    print(
+        f"{count} requests from {concurrency} concurrent clients in {elapsed:.2f} s "
+        f"({count / elapsed:.0f} requests/s); index pages were served by "
+        f"{len(backends)} distinct server sessions"
+    )
+
+
+def report(base: str, workers: int) -> None:
+    seen: dict[int, dict] = {}
+    for _ in range(workers * 20):
+        stats = get_json(base + "/pool/")
+        seen[stats["worker_pid"]] = stats
+        if len(seen) == workers:
+            break
+    print("\nPool of each gunicorn worker (this process's view; a cross-process view is planned):")
+    print(f"{'worker':>8} {'leases':>7} {'opened':>7} {'size':>5} {'idle':>5} {'resets':>7}")
+    for pid, stats in sorted(seen.items()):
+        print(
+            f"{pid:>8} {stats['requests_num']:>7} {stats['connections_num']:>7} "
+            f"{stats['pool_size']:>5} {stats['pool_available']:>5} {stats['resets_num']:>7}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

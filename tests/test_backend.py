@@ -1,0 +1,233 @@
+"""The Django integration: ENGINE switch, settings checks, test databases, aliases, baseline."""
+
+import os
+import socket
+import subprocess
+import sys
+import warnings
+
+from django.core.checks import run_checks
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import request_finished, request_started
+from django.db import connection, connections
+from django.test import SimpleTestCase, override_settings
+
+from django_pooled_pg.base import DatabaseWrapper
+from django_pooled_pg.pool import ConnectionHandle
+from django_pooled_pg.pool import stats as S
+
+from .helpers import admin_connection, query
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def settings_for(**changes):
+    settings = {**connection.settings_dict, **changes}
+    settings["OPTIONS"] = {**connection.settings_dict["OPTIONS"], **changes.get("OPTIONS", {})}
+    return settings
+
+
+def run_python(code, *args, env=None, timeout=120):
+    return subprocess.run(
+        [sys.executable, *(["-c", code] if code else []), *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, "DJANGO_SETTINGS_MODULE": "testproject.settings", **(env or {})},
+    )  # fmt: skip
+
+
+class EngineTests(SimpleTestCase):
+    databases = {"default"}
+
+    def test_vendor_is_postgresql_so_django_treats_it_as_postgres(self):
+        self.assertEqual(connection.vendor, "postgresql")
+
+    def test_connection_is_leased_and_returned_by_the_request_cycle(self):
+        connection.close()
+        pool = connection.database.pool
+        before = pool.get_stats()
+        request_started.send(sender=None)
+        connection.ensure_connection()
+        self.assertIsInstance(connection.connection, ConnectionHandle)
+        self.assertEqual(pool.get_stats()[S.POOL_LEASED], before[S.POOL_LEASED] + 1)
+        request_finished.send(sender=None)
+        self.assertIsNone(connection.connection)
+        self.assertEqual(pool.get_stats()[S.POOL_LEASED], before[S.POOL_LEASED])
+
+    def test_time_zone_is_part_of_the_session_baseline_not_set_per_lease(self):
+        connection.close()
+        pool = connection.database.pool
+        pool.pop_stats()
+        for _ in range(3):
+            with connection.cursor() as cursor:
+                cursor.execute("SHOW TimeZone")
+                self.assertEqual(cursor.fetchone(), ("UTC",))
+            connection.close()
+        self.assertEqual(pool.get_stats()[S.RESETS_NUM], 0, "no SET TIME ZONE per lease")
+
+    def test_different_credentials_never_share_a_pool(self):
+        admin = admin_connection()
+        query(admin, "DROP ROLE IF EXISTS dpp_app")
+        query(admin, "CREATE ROLE dpp_app LOGIN")
+        query(admin, f'GRANT CONNECT ON DATABASE "{connection.settings_dict["NAME"]}" TO dpp_app')
+        other = DatabaseWrapper(settings_for(USER="dpp_app"), alias="other")
+        try:
+            with other.cursor() as cursor:
+                cursor.execute("SELECT current_user")
+                self.assertEqual(cursor.fetchone(), ("dpp_app",))
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT current_user")
+                self.assertNotEqual(cursor.fetchone(), ("dpp_app",))
+            self.assertIsNot(other.database.pool, connection.database.pool)
+        finally:
+            other.close()
+            other.database.pool.close()
+
+    def test_assume_role_is_the_baseline_and_survives_reset(self):
+        admin = admin_connection()
+        query(admin, "DROP ROLE IF EXISTS dpp_owner")
+        query(admin, "CREATE ROLE dpp_owner")
+        wrapper = DatabaseWrapper(settings_for(OPTIONS={"assume_role": "dpp_owner"}), "roles")
+        try:
+            with wrapper.cursor() as cursor:
+                cursor.execute("SELECT current_user")
+                self.assertEqual(cursor.fetchone(), ("dpp_owner",))
+                cursor.execute("RESET ROLE")
+            wrapper.close()
+            with wrapper.cursor() as cursor:
+                cursor.execute("SELECT current_user")
+                self.assertEqual(cursor.fetchone(), ("dpp_owner",))
+        finally:
+            wrapper.close()
+            wrapper.database.pool.close()
+
+    def test_isolation_level_option_applies_to_every_lease(self):
+        from psycopg2.extensions import ISOLATION_LEVEL_SERIALIZABLE
+
+        wrapper = DatabaseWrapper(
+            settings_for(OPTIONS={"isolation_level": ISOLATION_LEVEL_SERIALIZABLE}), "serial"
+        )
+        try:
+            for _ in range(2):
+                wrapper.set_autocommit(False)
+                with wrapper.cursor() as cursor:
+                    cursor.execute("SHOW transaction_isolation")
+                    self.assertEqual(cursor.fetchone(), ("serializable",))
+                wrapper.rollback()
+                wrapper.close()
+            self.assertIsNot(wrapper.database.pool, connection.database.pool)
+        finally:
+            wrapper.close()
+            wrapper.database.pool.close()
+
+    def test_pool_false_turns_pooling_off(self):
+        wrapper = DatabaseWrapper(settings_for(OPTIONS={"pool": False}), "plain")
+        try:
+            wrapper.ensure_connection()
+            self.assertNotIsInstance(wrapper.connection, ConnectionHandle)
+        finally:
+            wrapper.close()
+
+    def test_no_db_alias_used_for_create_and_drop_database_is_not_pooled(self):
+        with connection._nodb_cursor() as cursor:
+            self.assertNotIsInstance(cursor.db.connection, ConnectionHandle)
+            cursor.execute("SELECT current_database()")
+            self.assertEqual(cursor.fetchone(), ("postgres",))
+
+    def test_override_settings_databases_gets_fresh_pools(self):
+        connection.ensure_connection()
+        old_pool = connection.database.pool
+        old_pid = query(connection.connection, "SELECT pg_backend_pid()")[0][0]
+        connection.close()
+        databases = {"default": settings_for(OPTIONS={"pool": {"max_size": 3}})}
+        with warnings.catch_warnings(), override_settings(DATABASES=databases):
+            warnings.simplefilter("ignore")  # Django warns that it rebuilds no connection
+            self.assertTrue(old_pool.closed)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                self.assertNotEqual(cursor.fetchone()[0], old_pid)
+            self.assertIsNot(connection.database.pool, old_pool)
+            connection.close()
+
+
+class SettingsCheckTests(SimpleTestCase):
+    def test_bad_option_fails_at_first_connections_access(self):
+        with self.assertRaisesMessage(
+            ImproperlyConfigured,
+            "DATABASES['bad']['OPTIONS']['pool']: min_size (5) must not be greater than "
+            "max_size (2)",
+        ):
+            DatabaseWrapper(settings_for(OPTIONS={"pool": {"min_size": 5, "max_size": 2}}), "bad")
+
+    def test_bad_option_fails_at_django_setup(self):
+        code = (
+            "import django\n"
+            "from django.conf import settings\n"
+            "settings.configure(INSTALLED_APPS=['django_pooled_pg'], DATABASES={'default': {\n"
+            "  'ENGINE': 'django_pooled_pg', 'NAME': 'x', 'OPTIONS': {'pool': {'max_size': 0}}}})\n"
+            "django.setup()\n"
+        )
+        result = run_python(code)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("ImproperlyConfigured", result.stderr)
+        self.assertIn("DATABASES['default']['OPTIONS']['pool']: max_size must be at least 1", result.stderr)
+
+    def test_manage_py_check_reports_bad_option(self):
+        result = run_python(
+            None, "testproject/manage.py", "check",
+            env={"POOL_MAX_SIZE": "-1"},
+        )  # fmt: skip
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("max_size must be at least 1, not -1", result.stderr)
+
+    def test_unknown_option_lists_the_allowed_ones(self):
+        with self.assertRaisesMessage(ImproperlyConfigured, "unknown option 'maxsize'; allowed"):
+            DatabaseWrapper(settings_for(OPTIONS={"pool": {"maxsize": 2}}), "bad")
+
+    @override_settings(DATABASES={"default": {"ENGINE": "django_pooled_pg", "CONN_MAX_AGE": 60}})
+    def test_conn_max_age_warning(self):
+        messages = [m for m in run_checks() if m.id == "django_pooled_pg.W001"]
+        self.assertEqual(len(messages), 1)
+        self.assertIn("CONN_MAX_AGE", messages[0].msg)
+
+
+class TestRunnerTests(SimpleTestCase):
+    """Contract 7: Django's runner creates, clones and drops test databases while pools
+    hold connections to them."""
+
+    def run_testproject_tests(self, *args):
+        # Its own database name, so that its test database is not this suite's.
+        env = {"DATABASE_URL": os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/demo"}
+        return run_python(
+            None, "testproject/manage.py", "test", "shop", "--noinput", *args, env=env, timeout=300
+        )
+
+    def test_serial_run_creates_and_drops_the_test_database(self):
+        result = self.run_testproject_tests()
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("Ran 2 tests", result.stderr)
+        self.assertNotIn("being accessed by other users", result.stderr)
+
+    def test_parallel_run_clones_and_drops_test_databases(self):
+        result = self.run_testproject_tests("--parallel", "2")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("Cloning test database", result.stderr)
+        self.assertNotIn("being accessed by other users", result.stderr)
+
+
+class DemoTests(SimpleTestCase):
+    def test_demo_serves_real_requests_through_gunicorn_and_the_pool(self):
+        admin = admin_connection()
+        query(admin, "DROP DATABASE IF EXISTS dpp_demo_e2e")
+        query(admin, "CREATE DATABASE dpp_demo_e2e")
+        self.addCleanup(query, admin, "DROP DATABASE IF EXISTS dpp_demo_e2e WITH (FORCE)")
+        url = os.environ["DATABASE_URL"].rsplit("/", 1)[0] + "/dpp_demo_e2e"
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = str(probe.getsockname()[1])
+        result = run_python(
+            None, "demo.py", "--seconds", "0", "--requests", "100", "--port", port,
+            env={"DATABASE_URL": url}, timeout=180,
+        )  # fmt: skip
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("100 requests from", result.stdout)
+        self.assertIn("Pool of each gunicorn worker", result.stdout)
