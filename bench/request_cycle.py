@@ -3,7 +3,8 @@
 
 Command (from the repository root)::
 
-    python bench/request_cycle.py [--seconds 2] [--rounds 5] [--threads 32] [--profile]
+    python bench/request_cycle.py [--seconds 2] [--rounds 5] [--threads 32]
+                                  [--pin same|split|none] [--profile]
 
 Starts a throwaway PostgreSQL cluster (or uses $DATABASE_URL), configures Django in-process
 with one alias per contender (all on the same database, each with its own
@@ -36,6 +37,16 @@ into django.db.connections (a fresh settings dict and thread-local storage). A p
 the swap (the registry keeps it), as it outlives requests in a server. The signals-only
 cycle cost is printed as a baseline, and the measuring thread is checked to hold no other
 connection.
+
+CPU placement: on this kind of VM a SELECT 1 round trip takes ~25 us when client and server
+run on the same CPU but 80-130 us (and very noisy) when the server process must be woken on
+another CPU, and the scheduler's choice sticks to a backend for its life, which would bias
+whichever contender keeps its session (the pool) across rounds. So by default (--pin same)
+the benchmark process and the throwaway cluster's processes (postmaster, hence every
+backend) are pinned to one CPU: stable numbers, round trips as cheap as they get, so the
+Python overhead of each contender shows at its largest. --pin split puts the server on
+another CPU (more latency, pooled overhead weighs less); --pin none leaves it to the
+scheduler. With $DATABASE_URL only this process is pinned.
 
 Results: a table on stdout and JSON in bench/results/request_cycle.json.
 """
@@ -72,6 +83,33 @@ TARGETS = {
     "pooled/unpooled": 15.0,
     "threaded pooled8/persistent": 0.9,
 }
+
+
+def pin_processes(mode: str, datadir: str | None) -> str:
+    """Pin this process (and the threads it starts later) and the cluster's processes."""
+    if mode == "none" or not hasattr(os, "sched_setaffinity"):
+        return "not pinned"
+    cpus = sorted(os.sched_getaffinity(0))
+    client = cpus[0]
+    server = cpus[1] if mode == "split" and len(cpus) > 1 else client
+    os.sched_setaffinity(0, {client})
+    if datadir is None:
+        return f"client on CPU {client}, server not pinned ($DATABASE_URL)"
+    with open(os.path.join(datadir, "postmaster.pid")) as pidfile:
+        postmaster = int(pidfile.readline())
+    pids = [postmaster]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == postmaster:
+                pids.append(int(entry))
+    for pid in pids:  # backends forked later inherit the postmaster's affinity
+        os.sched_setaffinity(pid, {server})
+    return f"client on CPU {client}, server on CPU {server}"
 
 
 def database_entry(url: str, engine: str, app: str, **extra: object) -> dict:
@@ -323,6 +361,10 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one round (2)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
     parser.add_argument("--threads", type=int, default=32, help="threads of workload 2 (32)")
+    parser.add_argument(
+        "--pin", choices=("same", "split", "none"), default="same",
+        help="CPU placement of client and server (same)",
+    )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="also cProfile the pooled cycle")
     parser.add_argument(
         "--output", default=os.path.join(HERE, "results", "request_cycle.json")
@@ -341,6 +383,7 @@ def main() -> int:
     else:
         print("PostgreSQL from $DATABASE_URL")
     try:
+        args.placement = pin_processes(args.pin, cluster.datadir if cluster else None)
         return run(args, url)
     finally:
         from django.db import connections
@@ -371,7 +414,7 @@ def run(args: argparse.Namespace, url: str) -> int:
     print(
         f"Django {django.__version__}, psycopg2 {psycopg2.__version__.split()[0]}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
-        f"{args.rounds} rounds x {args.seconds:g} s"
+        f"{args.rounds} rounds x {args.seconds:g} s; --pin {args.pin}: {args.placement}"
     )
     print(f"signals-only cycle (1 unconnected alias): {baseline_us:.1f} us\n")
 
@@ -424,12 +467,24 @@ def run(args: argparse.Namespace, url: str) -> int:
         "pooled/pooled_always": median["pooled"] / median["pooled_always"],
         "threaded pooled8/persistent": t_median["t_pooled8"] / t_median["t_persistent"],
     }
+    # The same ratios round by round (contenders of a round ran seconds apart): their
+    # spread shows how much of a difference is noise of the machine.
+    pairs = {
+        "pooled/persistent": (single["pooled"], single["persistent"]),
+        "pooled/unpooled": (single["pooled"], single["unpooled"]),
+        "pooled_always/persistent": (single["pooled_always"], single["persistent"]),
+        "pooled/pooled_always": (single["pooled"], single["pooled_always"]),
+        "threaded pooled8/persistent": (
+            [r["rps"] for r in threaded["t_pooled8"]], [r["rps"] for r in threaded["t_persistent"]]
+        ),
+    }
+    per_round = {name: [a / b for a, b in zip(*pair)] for name, pair in pairs.items()}
     verdict = {name: ratios[name] >= target for name, target in TARGETS.items()}
     verdict["pooled sessions <= 8"] = 0 < sessions["t_pooled8"] <= POOLED_MAX
 
     # Table.
     print("\nWorkload 1: request cycle, 1 thread (median of rounds)")
-    print(f"  {'contender':<15}{'req/s':>10}{'us/req':>9}{'min..max req/s':>22}{'resets':>9}")
+    print(f"  {'contender':<15}{'req/s':>10}{'us/req':>9}{'min..max req/s':>22}{'resets/leases':>16}")
     for alias in SINGLE:
         values = single[alias]
         resets = pool_stats[alias].get("resets_num", 0) if alias in pool_stats else None
@@ -437,7 +492,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         print(
             f"  {alias:<15}{median[alias]:>10,.0f}{1e6 / median[alias]:>9.1f}"
             f"{f'{min(values):,.0f}..{max(values):,.0f}':>22}"
-            f"{'-' if resets is None else f'{resets}/{requests}':>9}"
+            f"{'-' if resets is None else f'{resets}/{requests}':>16}"
         )
     print(f"\nWorkload 2: {args.threads} threads (median of rounds)")
     print(f"  {'contender':<15}{'req/s':>10}{'max server sessions':>22}")
@@ -445,18 +500,20 @@ def run(args: argparse.Namespace, url: str) -> int:
         print(f"  {alias:<15}{t_median[alias]:>10,.0f}{sessions[alias]:>22}")
     print(
         f"  pooled8 waits: {t_pool_stats.get('requests_queued', 0)} queued of "
-        f"{t_pool_stats.get('requests_num', 0)} checkouts, "
+        f"{t_pool_stats.get('requests_num', 0)} checkouts (avg wait "
+        f"{t_pool_stats.get('requests_wait_ms', 0) / max(1, t_pool_stats.get('requests_queued', 0)):.2f} ms), "
         f"{t_pool_stats.get('connections_num', 0)} connections opened; "
         f"{sampler.samples} session samples"
     )
-    print("\nRatios (target)")
+    print("\nRatios of medians (per-round range; target)")
     for name, value in ratios.items():
         target = TARGETS.get(name)
-        mark = "" if target is None else f"  (>= {target:g}: {'PASS' if verdict[name] else 'MISS'})"
-        print(f"  {name:<30}{value:>8.2f}x{mark}")
+        spread = f"({min(per_round[name]):.2f}..{max(per_round[name]):.2f})"
+        mark = "" if target is None else f"  >= {target:g}: {'PASS' if verdict[name] else 'MISS'}"
+        print(f"  {name:<30}{value:>7.2f}x {spread:<14}{mark}")
     print(
-        f"  {'pooled8 max server sessions':<30}{sessions['t_pooled8']:>8}"
-        f"   (<= {POOLED_MAX}: {'PASS' if verdict['pooled sessions <= 8'] else 'FAIL'})"
+        f"  {'pooled8 max server sessions':<30}{sessions['t_pooled8']:>7}  {'':<14}"
+        f"  <= {POOLED_MAX}: {'PASS' if verdict['pooled sessions <= 8'] else 'FAIL'}"
     )
     elapsed = time.monotonic() - started
     print(f"\nbenchmark time {elapsed:.0f} s")
@@ -470,6 +527,8 @@ def run(args: argparse.Namespace, url: str) -> int:
             "cpus": os.cpu_count(),
             "database": "$DATABASE_URL" if os.environ.get("DATABASE_URL") else "throwaway cluster",
         },
+        "pin": args.pin,
+        "placement": args.placement,
         "seconds_per_round": args.seconds,
         "rounds": args.rounds,
         "signals_only_cycle_us": baseline_us,
@@ -492,6 +551,7 @@ def run(args: argparse.Namespace, url: str) -> int:
             "session_samples": sampler.samples,
         },
         "ratios": ratios,
+        "ratios_per_round": per_round,
         "targets": TARGETS,
         "verdict": verdict,
         "elapsed_s": elapsed,

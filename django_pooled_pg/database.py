@@ -31,5 +31,28 @@ class PooledDatabase:
     def holders(self) -> list[dict[str, Any]]:
         return self.pool.holders()
 
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every connection of this alias's pool in this process, as records: backend pid,
+        state, seconds in that state, holder thread, age, leases, last query, stacks."""
+        return self.pool.snapshot()
+
+    def as_table(self) -> str:
+        """snapshot() as a text table, for a Django shell: ``print(connection.database.as_table())``."""
+        return self.pool.as_table()
+
+    def idle_in_tx_stacks(self, threshold: float | None = None) -> list[dict[str, Any]]:
+        """Connections idle in a transaction for ``threshold`` seconds or more (default: the
+        pool's idle_in_transaction_threshold), each with three stacks as text: where it was
+        leased (``lease_stack``), where its last cursor was taken (``cursor_stack``) and where
+        its last query ran (``execute_stack``), user frames first and library frames folded."""
+        return self.pool.idle_in_transaction(threshold)
+
+    def top_queries(self, n: int = 10, order_by: str = "count") -> list[dict[str, Any]]:
+        """The most common statements (normalized) with count, total/avg/max ms and rows."""
+        return self.pool.top_queries(n, order_by)
+
+    def reset_query_stats(self) -> None:
+        self.pool.reset_query_stats()
+
     def __repr__(self) -> str:
         return f"<PooledDatabase alias={self._wrapper.alias!r} pool={self.pool!r}>"

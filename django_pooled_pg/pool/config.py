@@ -40,8 +40,15 @@ class PoolConfig:
     #: "thread": a background thread closes idle/old connections and refills to min_size;
     #: "inline": the same work runs on checkout/checkin, no thread
     cleaner: str = "thread"
-    #: "off", "counters" (statistics only) or "stacks" (also where each lease was taken)
+    #: "off"; "counters": statistics, query times, states; "stacks": also where each lease,
+    #: cursor and query was taken (for timeouts, leak and idle-in-transaction reports)
     tracking: str = "stacks"
+    #: a lease held longer than this logs one warning with its stack; None turns it off
+    leak_threshold: float | None = 300.0
+    #: a connection idle in a transaction longer than this is reported (and logged once)
+    idle_in_transaction_threshold: float | None = 30.0
+    #: distinct statement shapes kept in the query statistics (the rarest are evicted)
+    max_statements: int = 1000
 
     def __post_init__(self) -> None:
         for error in self.errors():
@@ -77,12 +84,17 @@ class PoolConfig:
             problems.append(
                 f"min_size ({self.min_size}) must not be greater than max_size ({self.max_size})"
             )
-        for name in ("max_lifetime", "max_idle", "connect_timeout", "ping_after"):
+        for name in (
+            "max_lifetime", "max_idle", "connect_timeout", "ping_after", "leak_threshold",
+            "idle_in_transaction_threshold",
+        ):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value < 0:
                 problems.append(f"{name} must be a number of seconds >= 0, not {value}")
         if self.timeout <= 0:
             problems.append(f"timeout must be a number of seconds > 0, not {self.timeout}")
+        if self.max_statements < 1:
+            problems.append(f"max_statements must be at least 1, not {self.max_statements}")
         for name in ("max_waiting", "max_uses"):
             if getattr(self, name) < 0:
                 problems.append(f"{name} must be 0 (no limit) or more, not {getattr(self, name)}")

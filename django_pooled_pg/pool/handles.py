@@ -57,6 +57,9 @@ class ConnectionHandle:
         if args or kwargs.get("name"):
             # A named cursor is a server-side DECLARE: it can outlive the transaction.
             self._record.dirty = True
+        tracker = self._pool.tracker
+        if tracker is not None:
+            tracker.cursor_taken(self._record)
         return PooledCursor(self, conn.cursor(*args, **kwargs))
 
     def close(self) -> None:
@@ -132,24 +135,35 @@ class PooledCursor:
             record.dirty = True
 
     def execute(self, query: Any, vars: Any = None) -> None:
-        cursor = self._live()
-        self._note(query)
-        cursor.execute(query, vars)
+        self._run(self._live().execute, query, vars)
 
     def executemany(self, query: Any, vars_list: Any) -> None:
-        cursor = self._live()
-        self._note(query)
-        cursor.executemany(query, vars_list)
+        self._run(self._live().executemany, query, vars_list)
 
     def callproc(self, procname: str, parameters: Any = None) -> Any:
         cursor = self._live()
         self._handle._record.dirty = True  # a function can change anything
-        return cursor.callproc(procname, parameters)
+        return self._run(cursor.callproc, procname, parameters)
 
     def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
         cursor = self._live()
         self._note(sql)
-        cursor.copy_expert(sql, file, size)
+        tracker = self._handle._pool.tracker
+        if tracker is None:
+            cursor.copy_expert(sql, file, size)
+        else:
+            tracker.run(self._handle._record, lambda q, f: cursor.copy_expert(q, f, size),
+                        sql, file, cursor)  # fmt: skip
+
+    def _run(self, method: Any, query: Any, args: Any) -> Any:
+        handle = self._handle
+        record = handle._record
+        if not record.dirty:
+            self._note(query)
+        tracker = handle._pool.tracker
+        if tracker is None:
+            return method(query, args)
+        return tracker.run(record, method, query, args, self._cursor)
 
     def fetchone(self) -> Any:
         return self._live().fetchone()

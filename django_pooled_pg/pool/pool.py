@@ -25,6 +25,7 @@ from .handles import ConnectionHandle
 from .record import ConnectionRecord
 from .session import RESET_SQL
 from .stacks import capture, first_user_frame, format_stack
+from .tracker import Tracker, format_table
 
 __all__ = ["ConnectionPool"]
 
@@ -84,6 +85,8 @@ class ConnectionPool:
         self.configure = configure
         self.session_init = tuple(session_init)
         self._track_stacks = self.config.tracking == "stacks"
+        #: None when tracking is off: the query path then skips timing altogether
+        self.tracker = Tracker(name, self.config) if self.config.tracking != "off" else None
         self._inline_cleaner = self.config.cleaner == "inline"
         self._init_state()
         _all_pools.add(self)
@@ -273,12 +276,10 @@ class ConnectionPool:
 
     def _lease(self, record: ConnectionRecord) -> ConnectionHandle:
         handle = ConnectionHandle(self, record)
-        record.uses += 1
-        record.dirty = False
-        record.leased_at = time.monotonic()
+        record.start_lease(time.monotonic())
+        record.holder = threading.current_thread()
         if self._track_stacks:
             record.lease_stack = capture(3)
-            record.holder = threading.current_thread()
         # If the holder loses the handle without returning it (a thread that died), the
         # callback queues the record for recovery; checkin drops the ref so it never fires.
         record.handle_ref = weakref.ref(handle, _leak_callback(self, record))
@@ -311,8 +312,7 @@ class ConnectionPool:
                 reason = stats.CONNECTIONS_EXPIRED
             elif config.max_idle == 0 or (config.max_uses and record.uses >= config.max_uses):
                 reason = stats.CONNECTIONS_CLOSED
-        record.holder = None
-        record.lease_stack = ()
+        record.end_lease()
         if reason is not None:
             with self._lock:
                 self._leased.discard(record)
@@ -474,6 +474,10 @@ class ConnectionPool:
         for record, reason in reap:
             self._discard(record, reason)
         self._refill()
+        if self.tracker is not None:
+            with self._lock:
+                leased = list(self._leased)
+            self.tracker.check(leased, time.monotonic())
 
     def _refill(self) -> None:
         while True:
@@ -543,7 +547,10 @@ class ConnectionPool:
         return values
 
     def _gauges(self) -> dict[str, int]:
+        queries = self.tracker.queries if self.tracker is not None else None
         return {
+            stats.QUERIES_SHAPES: len(queries) if queries is not None else 0,
+            stats.QUERIES_EVICTED: queries.evictions if queries is not None else 0,
             stats.POOL_MIN: self.config.min_size,
             stats.POOL_MAX: self.config.max_size,
             stats.POOL_SIZE: self._size,
@@ -551,6 +558,40 @@ class ConnectionPool:
             stats.POOL_LEASED: len(self._leased),
             stats.REQUESTS_WAITING: len(self._waiters),
         }
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every connection of this pool in this process: state, holder, stacks (as text)."""
+        now = time.monotonic()
+        with self._lock:
+            leased = sorted(self._leased, key=lambda record: record.leased_at)
+            idle = list(reversed(self._idle))
+        if self.tracker is None:
+            raise RuntimeError(f"pool {self.name!r} has tracking='off': nothing to show")
+        return [self.tracker.describe(r, True, now) for r in leased] + [
+            self.tracker.describe(r, False, now) for r in idle
+        ]
+
+    def as_table(self) -> str:
+        """snapshot() as a readable text table."""
+        return format_table(self.snapshot())
+
+    def idle_in_transaction(self, threshold: float | None = None) -> list[dict[str, Any]]:
+        """Leased connections in a transaction and idle for ``threshold`` seconds or more
+        (default: the idle_in_transaction_threshold option), with their three stacks."""
+        if self.tracker is None:
+            raise RuntimeError(f"pool {self.name!r} has tracking='off': nothing is tracked")
+        with self._lock:
+            leased = list(self._leased)
+        return self.tracker.idle_in_transaction(leased, threshold, time.monotonic())
+
+    def top_queries(self, n: int = 10, order_by: str = "count") -> list[dict[str, Any]]:
+        if self.tracker is None:
+            return []
+        return self.tracker.queries.top(n, order_by)
+
+    def reset_query_stats(self) -> None:
+        if self.tracker is not None:
+            self.tracker.queries.reset()
 
     def holders(self) -> list[dict[str, Any]]:
         """Who holds each leased connection: pid, thread, seconds held, first user frame."""

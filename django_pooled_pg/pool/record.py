@@ -16,7 +16,9 @@ class ConnectionRecord:
 
     __slots__ = (
         "conn", "backend_pid", "opened_at", "expires_at", "idle_since", "uses", "dirty",
-        "init_sql", "isolation_level", "handle_ref", "leased_at", "lease_stack", "holder", "__weakref__",
+        "init_sql", "isolation_level", "handle_ref", "leased_at", "lease_stack", "holder",
+        "cursor_stack", "execute_stack", "last_query", "query_started", "query_ended",
+        "leak_warned", "idle_tx_warned", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, conn: Any, opened_at: float, expires_at: float, init_sql: str) -> None:
@@ -36,6 +38,26 @@ class ConnectionRecord:
         self.leased_at = 0.0
         self.lease_stack: Stack = ()
         self.holder: threading.Thread | None = None
+        # Tracking of the current lease (see tracker.py); last_query outlives the lease.
+        self.cursor_stack: Stack = ()
+        self.execute_stack: Stack = ()
+        self.last_query: Any = None
+        self.query_started = 0.0  # non-zero while a query runs
+        self.query_ended = 0.0
+        self.leak_warned = False
+        self.idle_tx_warned = False
+
+    def start_lease(self, now: float) -> None:
+        self.uses += 1
+        self.dirty = False
+        self.leased_at = now
+        self.cursor_stack = self.execute_stack = ()
+        self.query_ended = 0.0
+        self.leak_warned = self.idle_tx_warned = False
+
+    def end_lease(self) -> None:
+        self.holder = None
+        self.lease_stack = self.cursor_stack = self.execute_stack = ()
 
     def __repr__(self) -> str:
         return f"<ConnectionRecord pid={self.backend_pid} uses={self.uses}>"

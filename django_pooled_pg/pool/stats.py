@@ -7,6 +7,8 @@ POOL_SIZE = "pool_size"  # open connections: idle + leased + being opened
 POOL_AVAILABLE = "pool_available"  # idle in the pool
 POOL_LEASED = "pool_leased"
 REQUESTS_WAITING = "requests_waiting"
+QUERIES_SHAPES = "queries_shapes"  # distinct statements in the query statistics
+QUERIES_EVICTED = "queries_evicted"  # rare statements dropped to bound memory
 
 # Counters: events since the last pop_stats().
 REQUESTS_NUM = "requests_num"  # checkouts that got a connection

@@ -1,0 +1,104 @@
+"""Query statistics: normalized statements with count, total/average/max time and rows."""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+__all__ = ["QueryStats", "normalize"]
+
+_STRING = re.compile(r"[EeBbXxNn]?'(?:[^']|'')*'")
+_NUMBER = re.compile(r"(?<![\w.$\"])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w\"])")
+_PLACEHOLDER = r"(?:\?|%s|%\(\w+\)s|\$\d+)"
+_LIST = re.compile(r"\(\s*(?:" + _PLACEHOLDER + r"\s*,\s*)*" + _PLACEHOLDER + r"\s*\)")
+_ROWS = re.compile(r"\(\.\.\.\)(?:\s*,\s*\(\.\.\.\))+")
+_SPACE = re.compile(r"\s+")
+
+
+def normalize(sql: str) -> str:
+    """One shape per statement: literals and parameters become ``?``, a parenthesised list
+    of them (``IN (%s, %s, %s)``, a VALUES row) becomes ``(...)``, and several such rows one.
+    """
+    sql = _STRING.sub("?", sql)
+    sql = _NUMBER.sub("?", sql)
+    sql = _LIST.sub("(...)", sql)
+    sql = _ROWS.sub("(...)", sql)
+    return _SPACE.sub(" ", sql).strip()
+
+
+class QueryStats:
+    """Per-pool statistics, bounded: past ``max_statements`` shapes the rarest tenth is
+    evicted (counted in ``evictions``), so memory stays flat whatever the workload."""
+
+    def __init__(self, max_statements: int = 1000) -> None:
+        self.max_statements = max_statements
+        self._lock = threading.Lock()
+        # shape -> [count, total seconds, max seconds, rows]
+        self._entries: dict[str, list[Any]] = {}
+        # raw SQL -> shape: Django sends the same strings again and again
+        self._shapes: dict[str, str] = {}
+        self.evictions = 0
+
+    def add(self, sql: Any, seconds: float, rows: int) -> None:
+        if not isinstance(sql, str):
+            sql = sql.decode("utf-8", "replace") if isinstance(sql, bytes) else str(sql)
+        shape = self._shapes.get(sql)
+        if shape is None:
+            shape = normalize(sql)
+            if len(self._shapes) >= 4 * self.max_statements:
+                self._shapes.clear()
+            self._shapes[sql] = shape
+        rows = max(rows, 0)
+        with self._lock:
+            entry = self._entries.get(shape)
+            if entry is None:
+                if len(self._entries) >= self.max_statements:
+                    self._evict()
+                self._entries[shape] = [1, seconds, seconds, rows]
+            else:
+                entry[0] += 1
+                entry[1] += seconds
+                if seconds > entry[2]:
+                    entry[2] = seconds
+                entry[3] += rows
+
+    def _evict(self) -> None:
+        rarest = sorted(self._entries.items(), key=lambda item: item[1][0])
+        drop = max(1, len(rarest) // 10)
+        for shape, _ in rarest[:drop]:
+            del self._entries[shape]
+        self.evictions += drop
+
+    def top(self, n: int = 10, order_by: str = "count") -> list[dict[str, Any]]:
+        """The ``n`` most common statements (or by ``total_ms``, ``avg_ms``, ``max_ms``)."""
+        keys = {
+            "count": lambda e: e[0],
+            "total_ms": lambda e: e[1],
+            "avg_ms": lambda e: e[1] / e[0],
+            "max_ms": lambda e: e[2],
+        }
+        if order_by not in keys:
+            raise ValueError(f"order_by must be one of {', '.join(keys)}, not {order_by!r}")
+        with self._lock:
+            items = [(shape, list(entry)) for shape, entry in self._entries.items()]
+        items.sort(key=lambda item: keys[order_by](item[1]), reverse=True)
+        return [
+            {
+                "sql": shape,
+                "count": count,
+                "total_ms": total * 1000,
+                "avg_ms": total * 1000 / count,
+                "max_ms": longest * 1000,
+                "rows": rows,
+            }
+            for shape, (count, total, longest, rows) in items[:n]
+        ]
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.evictions = 0

@@ -1,0 +1,296 @@
+"""Knowing what every connection does: states, idle-in-transaction stacks, leaks, statistics."""
+
+import logging
+import threading
+import time
+
+from django.db import DatabaseError, connection, connections, transaction
+
+from django_pooled_pg.pool import stats as S
+from django_pooled_pg.pool.querystats import QueryStats, normalize
+from django_pooled_pg.pool.tracker import format_table
+from shop.models import Category
+
+from .helpers import PoolTestCase, admin_connection, query, wait_until
+from .test_lease_safety import PooledAliasTestCase
+
+
+class IdleInTransactionTests(PooledAliasTestCase):
+    databases = {"default"}
+    pool_options = {"idle_in_transaction_threshold": 0.2, "tracking": "stacks"}
+
+    def test_three_stacks_point_at_the_lines_that_lease_take_a_cursor_and_query(self):
+        started, finish = threading.Event(), threading.Event()
+
+        def view_that_forgets_to_commit():
+            transaction.set_autocommit(False)  # lease: the first use connects
+            cursor = connections["default"].cursor()  # cursor taken here
+            cursor.execute("SELECT count(*) FROM shop_category")  # last query here
+            started.set()
+            finish.wait(20)
+            transaction.rollback()
+            connections["default"].close()
+
+        thread = threading.Thread(target=view_that_forgets_to_commit, name="forgetful")
+        thread.start()
+        self.addCleanup(thread.join, 20)
+        self.addCleanup(finish.set)
+        started.wait(10)
+        found = wait_until(connection.database.idle_in_tx_stacks, what="idle in transaction")
+        self.assertEqual(len(found), 1)
+        report = found[0]
+        self.assertEqual(report["thread"], "forgetful")
+        self.assertEqual(report["state"], "idle in transaction")
+        self.assertIn("SELECT count(*) FROM shop_category", report["last_query"])
+        for key, line in (
+            ("lease_stack", "transaction.set_autocommit(False)  # lease"),
+            ("cursor_stack", 'cursor = connections["default"].cursor()  # cursor taken here'),
+            ("execute_stack", 'cursor.execute("SELECT count(*) FROM shop_category")'),
+        ):
+            stack = report[key]
+            self.assertIn(__file__, stack, key)
+            self.assertIn(line, stack, key)
+            # User frames first: the first frame shown is this file's, library frames folded.
+            first_frame = next(s for s in stack.splitlines() if s.strip().startswith("File"))
+            self.assertTrue(
+                "threading.py" not in first_frame and "django/" not in first_frame, first_frame
+            )
+
+    def test_idle_in_transaction_is_logged_once_by_the_cleaner(self):
+        started, finish = threading.Event(), threading.Event()
+
+        def hold():
+            with transaction.atomic():
+                list(Category.objects.all())  # the statement the warning names
+                started.set()
+                finish.wait(20)
+            connections["default"].close()
+
+        thread = threading.Thread(target=hold)
+        thread.start()
+        self.addCleanup(thread.join, 20)
+        self.addCleanup(finish.set)
+        started.wait(10)
+        pool = connection.database.pool
+        wait_until(lambda: pool.idle_in_transaction(), what="idle in transaction")
+        with self.assertLogs("django_pooled_pg", logging.WARNING) as logs:
+            pool.run_maintenance()
+            pool.run_maintenance()
+            logging.getLogger("django_pooled_pg").warning("end")
+        warnings = [line for line in logs.output if "idle in transaction" in line]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("list(Category.objects.all())", warnings[0])
+        self.assertIn('FROM "shop_category"', warnings[0])
+
+
+class LeakWarningTests(PoolTestCase):
+    def test_lease_held_past_leak_threshold_warns_once_with_its_stack(self):
+        pool = self.make_pool(leak_threshold=0.1, cleaner="inline")
+        held = pool.checkout()  # the leaking line
+        wait_until(lambda: time.monotonic() - held.record.leased_at > 0.1, what="threshold")
+        with self.assertLogs("django_pooled_pg", logging.WARNING) as logs:
+            pool.run_maintenance()
+            pool.run_maintenance()
+            logging.getLogger("django_pooled_pg").warning("end")
+        leaks = [line for line in logs.output if "leak_threshold" in line]
+        self.assertEqual(len(leaks), 1)
+        self.assertIn("held = pool.checkout()  # the leaking line", leaks[0])
+        held.close()
+
+
+class AsTableTests(PoolTestCase):
+    def test_table_shows_each_state_while_threads_hold_wait_and_idle(self):
+        pool = self.make_pool(max_size=4, idle_in_transaction_threshold=0.1, timeout=20)
+        for handle in [pool.checkout() for _ in range(4)]:
+            handle.close()  # four idle connections; three threads take three
+        go, finish = threading.Barrier(4), threading.Event()
+        self.addCleanup(finish.set)
+
+        def idle_in_tx():
+            handle = pool.checkout()
+            handle.autocommit = False
+            query(handle, "SELECT 1")
+            go.wait()
+            finish.wait(20)
+            handle.rollback()
+            handle.close()
+
+        def in_error():
+            handle = pool.checkout()
+            handle.autocommit = False
+            try:
+                query(handle, "SELECT 1/0")
+            except Exception:
+                pass
+            go.wait()
+            finish.wait(20)
+            handle.close()
+
+        def active():
+            handle = pool.checkout()
+            go.wait()
+            try:
+                query(handle, "SELECT pg_sleep(30)")
+            except Exception:
+                pass  # cancelled below
+            handle.close()
+
+        threads = [threading.Thread(target=f) for f in (idle_in_tx, in_error, active)]
+        for thread in threads:
+            thread.start()
+        go.wait()
+        wait_until(lambda: any(r["state"] == "active" for r in pool.snapshot()), what="active")
+        active_pid = next(r["backend_pid"] for r in pool.snapshot() if r["state"] == "active")
+        self.addCleanup(query, admin_connection(), "SELECT pg_cancel_backend(%s)", [active_pid])
+        wait_until(
+            lambda: any(r["state"] == "idle in transaction" for r in pool.snapshot()),
+            what="idle in transaction",
+        )
+        states = sorted(row["state"] for row in pool.snapshot())
+        self.assertEqual(
+            states, ["active", "idle in pool", "idle in transaction", "in error"], pool.as_table()
+        )
+        table = pool.as_table()
+        for word in ("idle in pool", "active", "idle in transaction", "in error", "pg_sleep"):
+            self.assertIn(word, table)
+        self.assertIn("test_tracking.py", table)  # the "leased at" column
+
+        # Take the last idle connection here; a fourth thread then has to wait.
+        mine = pool.checkout()
+        waiter = threading.Thread(target=lambda: pool.checkout().close())
+        waiter.start()
+        wait_until(lambda: pool.get_stats()[S.REQUESTS_WAITING] == 1, what="a waiter")
+        rows = {row["backend_pid"]: row for row in pool.snapshot()}
+        self.assertEqual(rows[mine.record.backend_pid]["state"], "leased")
+        self.assertEqual(rows[mine.record.backend_pid]["thread"], "MainThread")
+        self.assertNotIn("idle in pool", pool.as_table())
+        mine.close()
+        waiter.join(20)
+        query(admin_connection(), "SELECT pg_cancel_backend(%s)", [active_pid])
+        finish.set()
+        for thread in threads:
+            thread.join(20)
+
+    def test_format_table_aligns_columns(self):
+        rows = [
+            {"backend_pid": 1, "state": "leased", "state_s": 0.5, "thread": "t", "age_s": 10,
+             "leases": 3, "last_query": "SELECT 1", "leased_at": "/a/b/c.py:3 in f"},
+        ]  # fmt: skip
+        table = format_table(rows).splitlines()
+        self.assertEqual(len(table), 3)
+        self.assertTrue(table[0].startswith("pid"))
+        self.assertIn("b/c.py:3 in f", table[2])
+
+
+class TrackingLevelTests(PoolTestCase):
+    def test_off_counts_nothing_per_query_and_refuses_snapshots(self):
+        pool = self.make_pool(tracking="off")
+        handle = pool.checkout()
+        query(handle, "SELECT 1")
+        self.assertIsNone(handle.record.last_query)
+        handle.close()
+        self.assertEqual(pool.top_queries(), [])
+        with self.assertRaisesRegex(RuntimeError, "tracking='off'"):
+            pool.snapshot()
+
+    def test_counters_keep_states_and_statistics_but_no_stacks(self):
+        pool = self.make_pool(tracking="counters")
+        handle = pool.checkout()
+        query(handle, "SELECT 1")
+        row = pool.snapshot()[0]
+        self.assertEqual(row["state"], "leased")
+        self.assertIsNone(row["lease_stack"])
+        self.assertIsNone(row["execute_stack"])
+        handle.close()
+        self.assertEqual(pool.top_queries()[0]["count"], 1)
+
+
+class QueryStatisticsTests(PoolTestCase):
+    def test_normalization_replaces_literals_and_folds_lists(self):
+        self.assertEqual(
+            normalize("SELECT * FROM t WHERE a = 'x''y' AND b IN (1, 2, 3) AND c = 4.5"),
+            "SELECT * FROM t WHERE a = ? AND b IN (...) AND c = ?",
+        )
+        self.assertEqual(
+            normalize('SELECT "t1"."id" FROM "t1" WHERE "t1"."id" IN (%s, %s)'),
+            'SELECT "t1"."id" FROM "t1" WHERE "t1"."id" IN (...)',
+        )
+        self.assertEqual(
+            normalize("INSERT INTO t (a, b) VALUES (%s, %s), (%s, %s), (%s, %s)"),
+            "INSERT INTO t (a, b) VALUES (...)",
+        )
+
+    def test_counts_are_exact_under_16_threads(self):
+        pool = self.make_pool(max_size=16, tracking="counters")
+        per_thread = 50
+
+        def work(n):
+            handle = pool.checkout()
+            for i in range(per_thread):
+                values = ", ".join(str(v) for v in range(i % 7 + 1))  # IN lists of 1..7
+                query(handle, f"SELECT count(*) FROM generate_series(1, 10) g WHERE g IN ({values})")
+                query(handle, "SELECT %s::int + 1", [n * i])
+            handle.close()
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        top = {row["sql"]: row for row in pool.top_queries(10)}
+        # A list of literals is folded wherever it stands, function arguments included.
+        in_list = "SELECT count(*) FROM generate_series(...) g WHERE g IN (...)"
+        self.assertEqual(top[in_list]["count"], 16 * per_thread)
+        self.assertEqual(top["SELECT %s::int + ?"]["count"], 16 * per_thread)
+        self.assertEqual(len(top), 2)
+        row = top[in_list]
+        self.assertGreater(row["total_ms"], 0)
+        self.assertAlmostEqual(row["avg_ms"], row["total_ms"] / row["count"])
+        self.assertGreaterEqual(row["max_ms"], row["avg_ms"])
+        self.assertEqual(row["rows"], 16 * per_thread)
+        pool.reset_query_stats()
+        self.assertEqual(pool.top_queries(), [])
+
+    def test_memory_stays_bounded_with_100000_distinct_statements(self):
+        stats = QueryStats(max_statements=1000)
+        for i in range(100_000):
+            stats.add(f"SELECT col_{i} FROM t", 0.001, 1)
+        self.assertLessEqual(len(stats), 1000)
+        self.assertGreaterEqual(stats.evictions, 99_000)
+        self.assertLessEqual(len(stats._shapes), 4000)
+
+    def test_frequent_statements_survive_eviction_through_a_real_pool(self):
+        pool = self.make_pool(tracking="counters", max_statements=50)
+        handle = pool.checkout()
+        for i in range(300):
+            query(handle, "SELECT 1 AS hot")
+            query(handle, f"SELECT 1 AS rare_{i}")
+        handle.close()
+        stats = pool.get_stats()
+        self.assertLessEqual(stats[S.QUERIES_SHAPES], 50)
+        self.assertGreater(stats[S.QUERIES_EVICTED], 0)
+        self.assertEqual(pool.top_queries(1)[0]["sql"], "SELECT ? AS hot")
+
+    def test_django_queries_are_counted_per_shape(self):
+        connection.close()
+        database = connections["default"].database
+        database.reset_query_stats()
+        for pk in (1, 2, 3):
+            list(Category.objects.filter(pk__in=list(range(pk))))
+        connection.close()
+        shapes = [row for row in database.top_queries(20) if "shop_category" in row["sql"]]
+        self.assertEqual(len(shapes), 1, shapes)
+        self.assertEqual(shapes[0]["count"], 3)  # IN lists of 1, 2 and 3 values: one shape
+
+    databases = {"default"}
+
+
+class NoDatabaseErrorTests(PooledAliasTestCase):
+    def test_errors_are_still_counted_in_statistics(self):
+        connection.close()
+        connection.database.reset_query_stats()
+        with self.assertRaises(DatabaseError):
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1/0")
+        connection.close()
+        self.assertEqual(connection.database.top_queries()[0]["sql"], "SELECT ?/?")
