@@ -1,54 +1,32 @@
 #!/usr/bin/env python
 """Django request-cycle benchmark: unpooled vs persistent vs pooled connections.
 
-Command (from the repository root)::
-
     python bench/request_cycle.py [--seconds 2] [--rounds 5] [--threads 32]
                                   [--pin same|split|none] [--profile]
 
 Starts a throwaway PostgreSQL cluster (or uses $DATABASE_URL), configures Django in-process
-with one alias per contender (all on the same database, each with its own
-``application_name``) and measures, in one process run, the request cycle
+and times the request cycle ``request_started`` -> ``connections["default"].cursor()``:
+``SELECT 1`` + ``fetchone()`` -> ``request_finished``, in interleaved rounds (A B C D A B ...):
 
-    request_started.send() -> connections[alias].cursor(): SELECT 1, fetchone()
-    -> request_finished.send()
+1. one thread: unpooled (postgresql, CONN_MAX_AGE=0), persistent (CONN_MAX_AGE=None),
+   pooled (django_pooled_pg defaults, reset='auto') and pooled_always (reset='always').
+   Median requests/s per contender; pooled/persistent and pooled/unpooled.
+2. N threads (32): persistent (a session per thread) vs pooled with max_size=8; requests/s
+   and the most server sessions each used, sampled from pg_stat_activity by
+   application_name on a separate psycopg2 connection.
 
-1. One thread, contenders run in interleaved rounds (A B C D A B C D ...):
-   - unpooled:       django.db.backends.postgresql, CONN_MAX_AGE=0 (connect per request)
-   - persistent:     django.db.backends.postgresql, CONN_MAX_AGE=None
-   - pooled:         django_pooled_pg, default pool options (reset='auto': the reset round
-                     trip is skipped when the lease ran only session-safe statements)
-   - pooled_always:  django_pooled_pg, reset='always' (a reset round trip on every return)
-   Reports the median requests/s of each contender and pooled/persistent, pooled/unpooled.
+Fairness. The request signals walk every alias in DATABASES, and each alias costs a few
+microseconds even unconnected (asgiref Local lookups): 7 aliases made the signals alone
+~57 us/request against ~16 us for one. So each contender runs as the only alias, 'default':
+its DATABASES entry is swapped into django.db.connections before its round (this thread's
+connections closed, fresh settings and thread-local storage); pools live on in the registry.
+CPU placement. On this VM a SELECT 1 round trip costs ~25 us with client and server on the
+same CPU, 80-130 us (and noisy) across CPUs, and a backend keeps its placement for life,
+which would bias the contender that keeps its session (the pool). --pin same (default) pins
+this process and the cluster (postmaster, hence every backend) to one CPU: stable numbers,
+and the Python overhead weighs the most. --pin split: server on another CPU; none: unpinned.
 
-2. N threads (default 32) doing request cycles, each with its own thread-local Django
-   connections, in interleaved rounds: persistent (one server session per thread) vs
-   pooled with max_size=8. Reports requests/s, the ratio, and the maximum number of server
-   sessions of each contender, counted server-side in pg_stat_activity (by application_name)
-   by a sampler thread on its own plain psycopg2 connection.
-
-Fairness: request_started/request_finished walk every alias in DATABASES (reset_queries,
-close_old_connections), and even an unconnected alias costs a few microseconds there (an
-asgiref Local lookup per alias and signal): with all 6 contenders defined at once the
-signals alone took ~57 us per request, a fixed cost that would flatten every ratio. So each
-contender runs as the ONLY alias, 'default', as on a typical single-database site: before
-its round the benchmark closes this thread's connections and swaps the contender's entry
-into django.db.connections (a fresh settings dict and thread-local storage). A pool outlives
-the swap (the registry keeps it), as it outlives requests in a server. The signals-only
-cycle cost is printed as a baseline, and the measuring thread is checked to hold no other
-connection.
-
-CPU placement: on this kind of VM a SELECT 1 round trip takes ~25 us when client and server
-run on the same CPU but 80-130 us (and very noisy) when the server process must be woken on
-another CPU, and the scheduler's choice sticks to a backend for its life, which would bias
-whichever contender keeps its session (the pool) across rounds. So by default (--pin same)
-the benchmark process and the throwaway cluster's processes (postmaster, hence every
-backend) are pinned to one CPU: stable numbers, round trips as cheap as they get, so the
-Python overhead of each contender shows at its largest. --pin split puts the server on
-another CPU (more latency, pooled overhead weighs less); --pin none leaves it to the
-scheduler. With $DATABASE_URL only this process is pinned.
-
-Results: a table on stdout and JSON in bench/results/request_cycle.json.
+Results: a table on stdout, JSON in bench/results/request_cycle.json (see --output).
 """
 
 from __future__ import annotations

@@ -190,6 +190,11 @@ class PooledCursor:
     def connection(self) -> ConnectionHandle:
         return self._handle
 
+    @property
+    def closed(self) -> bool:
+        # Like psycopg2's cursor of a closed connection: closed, not an error.
+        return self._handle._conn is None or bool(self._cursor.closed)
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._live(), name)
 

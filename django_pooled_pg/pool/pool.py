@@ -223,8 +223,11 @@ class ConnectionPool:
                 # Connections idle since before this instant may be dead too: ping them.
                 self._suspect_before = now
             self._discard(record, stats.CONNECTIONS_LOST)
-            logger.info(
-                "Pool %r: discarded dead connection (backend pid %s)", self.name, record.backend_pid
+            logger.warning(
+                "Pool %r: discarded a dead idle connection (backend pid %s: killed, or the "
+                "server restarted); the request gets another one",
+                self.name,
+                record.backend_pid,
             )
         return alive
 
@@ -371,7 +374,7 @@ class ConnectionPool:
             if conn.notifies:
                 del conn.notifies[:]
         except psycopg2.Error as error:
-            logger.info(
+            logger.warning(
                 "Pool %r: could not reset connection (backend pid %s), closing it: %s",
                 self.name,
                 record.backend_pid,
