@@ -12,8 +12,15 @@ __all__ = ["configure_pool", "pool_config"]
 
 #: Options set in code with configure_pool(), merged over OPTIONS["pool"] per alias.
 _overrides: dict[str, dict[str, Any]] = {}
-#: Parsed configs by (alias, repr of the options): every lease looks its config up.
+#: Parsed configs by (alias, repr of the options).
 _parsed: dict[tuple[str, str], PoolConfig | None] = {}
+#: Bumped whenever configure_pool()/reset_pool_config() change an alias's options, so that
+#: wrappers drop the pool they cached for their leases.
+_generation = 0
+
+
+def generation() -> int:
+    return _generation
 
 
 def pool_config(alias: str, settings_dict: dict[str, Any]) -> PoolConfig | None:
@@ -47,6 +54,12 @@ def _parse_pool_config(alias: str, settings_dict: dict[str, Any]) -> PoolConfig 
         ) from None
 
 
+def _changed() -> None:
+    global _generation
+    _parsed.clear()
+    _generation += 1
+
+
 def configure_pool(alias: str, **options: Any) -> PoolConfig:
     """Set pool options for ``alias`` in code (over its settings); new leases use them.
 
@@ -60,7 +73,7 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
     merged = {**_overrides.get(alias, {}), **options}
     previous = _overrides.get(alias)
     _overrides[alias] = merged
-    _parsed.clear()
+    _changed()
     try:
         config = pool_config(alias, settings_dict)
     except ImproperlyConfigured:
@@ -68,7 +81,7 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
             del _overrides[alias]
         else:
             _overrides[alias] = previous
-        _parsed.clear()
+        _changed()
         raise
     assert config is not None
     # Pools of the old options close as their connections come back.
@@ -81,7 +94,7 @@ def reset_pool_config(alias: str | None = None) -> None:
     from .registry import close_pools
 
     aliases = list(_overrides) if alias is None else [alias]
-    _parsed.clear()
+    _changed()
     for name in aliases:
         if _overrides.pop(name, None) is not None:
             close_pools(lambda pool: pool.name.startswith(f"{name}:"))

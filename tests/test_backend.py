@@ -50,8 +50,11 @@ class EngineTests(SimpleTestCase):
         self.assertIsInstance(connection.connection, ConnectionHandle)
         self.assertEqual(pool.get_stats()[S.POOL_LEASED], before[S.POOL_LEASED] + 1)
         request_finished.send(sender=None)
-        self.assertIsNone(connection.connection)
+        # Parked: back in the pool (idle, reset), while the wrapper may take it back.
+        self.assertTrue(connection.connection.parked)
         self.assertEqual(pool.get_stats()[S.POOL_LEASED], before[S.POOL_LEASED])
+        connection.close()
+        self.assertIsNone(connection.connection)
 
     def test_time_zone_is_part_of_the_session_baseline_not_set_per_lease(self):
         connection.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import ConnectionReturned
@@ -12,6 +13,9 @@ if TYPE_CHECKING:
     from .record import ConnectionRecord
 
 __all__ = ["ConnectionHandle", "PooledCursor"]
+
+#: Lease numbers, unique in the process (itertools.count is atomic under the GIL).
+_lease_numbers = itertools.count(1)
 
 _RETURNED = (
     "this connection handle's lease has ended (it was returned to the pool, or the process "
@@ -24,28 +28,59 @@ class ConnectionHandle:
 
     ``close()`` checks the connection back in. Holders never see the raw connection, so a
     handle kept past its lease can never run on the next holder's session.
+
+    ``park()`` also checks the connection in (reset, and free for any other thread), but
+    the handle stays usable: its next use takes the same connection back if nobody else
+    took it meanwhile, or leases another one. The Django layer parks at the end of each
+    request, which spares Django's disconnect and reconnect on every request. Every lease
+    (and every park) gets a new number: cursors of an earlier one refuse to work.
     """
 
-    __slots__ = ("_conn", "_record", "_pool", "__weakref__")
+    __slots__ = ("_conn", "_record", "_pool", "_lease", "_parked", "on_new_connection", "__weakref__")
 
     _conn: Any
     _record: ConnectionRecord
     _pool: ConnectionPool
+    _lease: int
+    _parked: bool
+
+    #: Called (no arguments) when resuming had to bind another physical connection than
+    #: the one parked, so that the holder can redo its per-connection set-up.
+    on_new_connection: Any
 
     def __init__(self, pool: ConnectionPool, record: ConnectionRecord) -> None:
         object.__setattr__(self, "_pool", pool)
+        object.__setattr__(self, "_parked", False)
+        object.__setattr__(self, "on_new_connection", None)
+        self._bind(record)
+
+    def _bind(self, record: ConnectionRecord) -> None:
         object.__setattr__(self, "_record", record)
         object.__setattr__(self, "_conn", record.conn)
+        object.__setattr__(self, "_lease", next(_lease_numbers))
+
+    def _end(self, parked: bool) -> None:
+        object.__setattr__(self, "_conn", None)
+        object.__setattr__(self, "_lease", -1)
+        object.__setattr__(self, "_parked", parked)
 
     def _live(self) -> Any:
         conn = self._conn
         if conn is None:
-            raise ConnectionReturned(_RETURNED)
+            if not self._parked:
+                raise ConnectionReturned(_RETURNED)
+            if not self._pool.resume(self) and self.on_new_connection is not None:
+                self.on_new_connection()
+            conn = self._conn
         return conn
 
     @property
     def lease_active(self) -> bool:
         return self._conn is not None
+
+    @property
+    def parked(self) -> bool:
+        return self._parked
 
     @property
     def record(self) -> ConnectionRecord:
@@ -54,23 +89,31 @@ class ConnectionHandle:
 
     def cursor(self, *args: Any, **kwargs: Any) -> PooledCursor:
         conn = self._live()
+        record = self._record
         if args or kwargs.get("name"):
             # A named cursor is a server-side DECLARE: it can outlive the transaction.
-            self._record.dirty = True
+            record.dirty = True
         tracker = self._pool.tracker
         if tracker is not None:
-            tracker.cursor_taken(self._record)
+            tracker.cursor_taken(record)
         return PooledCursor(self, conn.cursor(*args, **kwargs))
 
     def close(self) -> None:
-        """Check the connection back in; closing twice is harmless."""
-        if self._conn is not None:
+        """Check the connection back in for good; closing twice is harmless."""
+        if self._conn is not None or self._parked:
             self._pool.checkin(self)
+
+    def park(self) -> None:
+        """Check the connection in, keeping the right to take it back (see the class)."""
+        if self._conn is not None:
+            self._pool.park(self)
 
     @property
     def closed(self) -> int:
         conn = self._conn
-        return 1 if conn is None else conn.closed
+        if conn is None:
+            return 0 if self._parked else 1
+        return conn.closed
 
     def commit(self) -> None:
         self._live().commit()
@@ -90,7 +133,7 @@ class ConnectionHandle:
         return getattr(self._live(), name)
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ConnectionHandle.__dict__ and isinstance(ConnectionHandle.__dict__[name], property):
+        if name == "on_new_connection" or isinstance(ConnectionHandle.__dict__.get(name), property):
             object.__setattr__(self, name, value)
         else:
             setattr(self._live(), name, value)
@@ -111,17 +154,19 @@ class PooledCursor:
     """A psycopg2 cursor that refuses work once its lease has ended, and notes statements
     that may change session state so that the return knows whether a full reset is due."""
 
-    __slots__ = ("_cursor", "_handle")
+    __slots__ = ("_cursor", "_handle", "_lease")
 
     _cursor: Any
     _handle: ConnectionHandle
+    _lease: int
 
     def __init__(self, handle: ConnectionHandle, cursor: Any) -> None:
         object.__setattr__(self, "_handle", handle)
         object.__setattr__(self, "_cursor", cursor)
+        object.__setattr__(self, "_lease", handle._lease)
 
     def _live(self) -> Any:
-        if self._handle._conn is None:
+        if self._lease != self._handle._lease:
             raise ConnectionReturned(_RETURNED)
         return self._cursor
 
@@ -183,7 +228,7 @@ class PooledCursor:
 
     def close(self) -> None:
         # A named cursor's close() talks to the server: never on a returned lease.
-        if self._handle._conn is not None or self._cursor.name is None:
+        if self._lease == self._handle._lease or self._cursor.name is None:
             self._cursor.close()
 
     @property
@@ -193,7 +238,7 @@ class PooledCursor:
     @property
     def closed(self) -> bool:
         # Like psycopg2's cursor of a closed connection: closed, not an error.
-        return self._handle._conn is None or bool(self._cursor.closed)
+        return self._lease != self._handle._lease or bool(self._cursor.closed)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._live(), name)

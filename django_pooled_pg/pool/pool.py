@@ -113,6 +113,30 @@ class ConnectionPool:
 
     def checkout(self, timeout: float | None = None) -> ConnectionHandle:
         """Lease a connection: an idle one (newest first), a new one, or wait for a return."""
+        return self._lease(self._acquire(timeout))
+
+    def resume(self, handle: ConnectionHandle) -> bool:
+        """Give a parked handle a connection again: its own if still idle (True), else
+        another one (False: its session is the baseline, not what the holder left)."""
+        record = handle._record
+        with self._lock:
+            mine = record.parked_for is handle and not self._closed
+            if mine:
+                record.parked_for = None
+                if self._idle and self._idle[-1] is record:
+                    self._idle.pop()
+                else:
+                    try:
+                        self._idle.remove(record)
+                    except ValueError:
+                        mine = False
+        if not (mine and self._usable(record)):
+            mine = False
+            record = self._acquire(None)
+        self._lease(record, handle)
+        return mine
+
+    def _acquire(self, timeout: float | None) -> ConnectionRecord:
         if self._pid != os.getpid():
             self._forget_after_fork()
         if self._leaked:
@@ -125,6 +149,7 @@ class ConnectionPool:
                     raise PoolClosed(f"pool {self.name!r} is closed")
                 if self._idle:
                     grant: Any = self._idle.pop()
+                    grant.parked_for = None
                 elif self._size < self.config.max_size:
                     self._size += 1
                     grant = _OPEN_NEW
@@ -149,7 +174,7 @@ class ConnectionPool:
                 record = grant
                 if waiter is None and not self._usable(record):
                     continue
-            return self._lease(record)
+            return record
 
     def _wait(self, waiter: _Waiter, deadline: float) -> ConnectionRecord | _OpenNew:
         started = time.monotonic()
@@ -277,15 +302,24 @@ class ConnectionPool:
         logger.debug("Pool %r: opened connection (backend pid %s)", self.name, record.backend_pid)
         return record
 
-    def _lease(self, record: ConnectionRecord) -> ConnectionHandle:
-        handle = ConnectionHandle(self, record)
+    def _lease(
+        self, record: ConnectionRecord, handle: ConnectionHandle | None = None
+    ) -> ConnectionHandle:
+        if handle is None:
+            handle = ConnectionHandle(self, record)
+        else:
+            handle._bind(record)
+            object.__setattr__(handle, "_parked", False)
         record.start_lease(time.monotonic())
         record.holder = threading.current_thread()
         if self._track_stacks:
             record.lease_stack = capture(3)
         # If the holder loses the handle without returning it (a thread that died), the
         # callback queues the record for recovery; checkin drops the ref so it never fires.
-        record.handle_ref = weakref.ref(handle, _leak_callback(self, record))
+        callback = record.on_handle_lost
+        if callback is None:
+            callback = record.on_handle_lost = _leak_callback(self, record)
+        record.handle_ref = weakref.ref(handle, callback)
         with self._lock:
             self._leased.add(record)
             self._stats[stats.REQUESTS_NUM] += 1
@@ -297,12 +331,26 @@ class ConnectionPool:
         """Return a leased connection: end its transaction, reset it if needed, keep or close."""
         record = handle._record
         if handle._conn is None:
+            if handle._parked:  # already checked in: only give up the right to resume
+                handle._end(parked=False)
+                with self._lock:
+                    if record.parked_for is handle:
+                        record.parked_for = None
             return
-        object.__setattr__(handle, "_conn", None)  # cursors and the handle die here
+        handle._end(parked=False)  # cursors and the handle die here
         record.handle_ref = None
         self._return(record)
 
-    def _return(self, record: ConnectionRecord) -> None:
+    def park(self, handle: ConnectionHandle) -> None:
+        """Check the connection in like checkin(), but let ``handle`` resume it later."""
+        record = handle._record
+        if handle._conn is None:
+            return
+        handle._end(parked=True)
+        record.handle_ref = None
+        self._return(record, park_for=handle)
+
+    def _return(self, record: ConnectionRecord, park_for: ConnectionHandle | None = None) -> None:
         if self._pid != os.getpid():
             return  # the parent's connection: never touch it from a forked child
         reason = self._reset(record)
@@ -327,6 +375,7 @@ class ConnectionPool:
                 if self._waiters:
                     self._hand_to_waiter(record)
                 else:
+                    record.parked_for = park_for
                     self._idle.append(record)
         if self._inline_cleaner and now >= self._next_maintenance:
             self.run_maintenance()
@@ -527,9 +576,10 @@ class ConnectionPool:
         records: Iterable[ConnectionRecord] = (*self._idle, *self._leased, *self._leaked)
         for record in records:
             handle = record.handle_ref() if record.handle_ref is not None else None
-            if handle is not None:
-                object.__setattr__(handle, "_conn", None)
-            record.handle_ref = None
+            for owner in (handle, record.parked_for):
+                if owner is not None:
+                    owner._end(parked=False)
+            record.handle_ref = record.parked_for = None
             _detach_socket(record.conn)
         self._init_state()
 

@@ -18,7 +18,7 @@ class ConnectionRecord:
         "conn", "backend_pid", "opened_at", "expires_at", "idle_since", "uses", "dirty",
         "init_sql", "isolation_level", "handle_ref", "leased_at", "lease_stack", "holder",
         "cursor_stack", "execute_stack", "last_query", "query_started", "query_ended",
-        "leak_warned", "idle_tx_warned", "__weakref__",
+        "leak_warned", "idle_tx_warned", "on_handle_lost", "parked_for", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, conn: Any, opened_at: float, expires_at: float, init_sql: str) -> None:
@@ -35,6 +35,9 @@ class ConnectionRecord:
         #: psycopg2's isolation level as configure() left it: the baseline checkin restores
         self.isolation_level = conn.isolation_level
         self.handle_ref: weakref.ref[Any] | None = None
+        self.on_handle_lost: Any = None  # the weakref callback, made once per connection
+        #: while idle: the handle that parked it and may resume it (see handles.py)
+        self.parked_for: Any = None
         self.leased_at = 0.0
         self.lease_stack: Stack = ()
         self.holder: threading.Thread | None = None

@@ -37,7 +37,21 @@ _RISKY_IN_UPDATE = re.compile(_RISKY_WORDS, re.IGNORECASE)
 _FIRST_WORD = re.compile(r"\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*\(*\s*([A-Za-z]+)", re.DOTALL)
 
 
+_verdicts: dict[str, bool] = {}
+
+
 def may_change_session(sql: str) -> bool:
+    """may_change_session_uncached(), remembered per SQL string: applications send the
+    same statements again and again, and a dict lookup is cheaper than the regexes."""
+    verdict = _verdicts.get(sql)
+    if verdict is None:
+        if len(_verdicts) >= 20_000:
+            _verdicts.clear()
+        verdict = _verdicts[sql] = may_change_session_uncached(sql)
+    return verdict
+
+
+def may_change_session_uncached(sql: str) -> bool:
     """True unless ``sql`` provably leaves session state (GUCs, role, temp tables, locks,
     LISTEN, cursors, prepared statements) as it was.
 

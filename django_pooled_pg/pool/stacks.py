@@ -27,12 +27,23 @@ DEFAULT_HIDDEN = (
 )
 
 
+#: Code objects where a walk up the stack may stop: everything above them is the
+#: framework's request machinery (the Django layer adds its handler's _get_response).
+#: Stopping there makes a stack taken in a view cost about a third of a full walk.
+STOP_AT: set[CodeType] = set()
+
+
 def capture(skip: int = 1, limit: int = 64) -> Stack:
-    """The caller's stack (``skip`` frames up), innermost first, at most ``limit`` frames."""
+    """The caller's stack (``skip`` frames up), innermost first, at most ``limit`` frames,
+    up to and including the first frame whose code is in STOP_AT."""
     frame: FrameType | None = sys._getframe(skip)
     frames = []
+    stop = STOP_AT
     while frame is not None and limit:
-        frames.append((frame.f_code, frame.f_lasti))
+        code = frame.f_code
+        frames.append((code, frame.f_lasti))
+        if code in stop:
+            break
         frame = frame.f_back
         limit -= 1
     return tuple(frames)

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 _IN_TRANSACTION = psycopg2.extensions.TRANSACTION_STATUS_INTRANS
 _IN_ERROR = psycopg2.extensions.TRANSACTION_STATUS_INERROR
+_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 IDLE_IN_POOL = "idle in pool"
 LEASED = "leased"
@@ -47,15 +48,13 @@ class Tracker:
     # -- on the query path (keep it short) ----------------------------------------------
 
     def cursor_taken(self, record: ConnectionRecord) -> None:
-        if self.stacks:
+        if self.stacks and _in_transaction(record.conn):
             record.cursor_stack = capture(3, _QUERY_STACK_FRAMES)
 
     def run(
         self, record: ConnectionRecord, method: Callable[..., Any], query: Any, args: Any, cursor: Any
     ) -> Any:
         """Run ``method(query, args)`` timed, noting the query and where it ran."""
-        if self.stacks:
-            record.execute_stack = capture(3, _QUERY_STACK_FRAMES)
         record.last_query = query
         started = record.query_started = time.monotonic()
         try:
@@ -64,6 +63,11 @@ class Tracker:
             ended = record.query_ended = time.monotonic()
             record.query_started = 0.0
             self.queries.add(query, ended - started, cursor.rowcount)
+            # Stacks cost about a microsecond per frame the first time a frame is seen.
+            # The cursor and execute stacks only matter for a connection left idle in a
+            # transaction, so they are taken only when a transaction is open.
+            if self.stacks and _in_transaction(record.conn):
+                record.execute_stack = capture(3, _QUERY_STACK_FRAMES)
 
     # -- views ----------------------------------------------------------------------------
 
@@ -144,6 +148,10 @@ class Tracker:
                         _stack_text(record.lease_stack), _stack_text(record.cursor_stack),
                         _stack_text(record.execute_stack),
                     )  # fmt: skip
+
+
+def _in_transaction(conn: Any) -> bool:
+    return not conn.autocommit or conn.get_transaction_status() != _IDLE
 
 
 def _stack_text(stack: Any) -> str:

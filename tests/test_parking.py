@@ -1,0 +1,140 @@
+"""Parking: at a request's end the lease goes back to the pool while the wrapper keeps a
+handle that takes it back cheaply; every contract point still holds."""
+
+import os
+import threading
+
+from django.core.signals import request_finished, request_started
+from django.db import InterfaceError, connection, connections
+from django.db.backends.signals import connection_created
+
+from django_pooled_pg.conf import configure_pool
+from django_pooled_pg.pool import stats as S
+
+from .helpers import query
+from .test_lease_safety import PooledAliasTestCase
+
+
+def backend_pid():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+class ParkingTests(PooledAliasTestCase):
+    pool_options = {"max_size": 2}
+
+    def setUp(self):
+        super().setUp()
+        self.created = []
+        receiver = lambda sender, connection, **kw: self.created.append(connection.alias)  # noqa: E731
+        connection_created.connect(receiver, weak=False)
+        self.addCleanup(connection_created.disconnect, receiver)
+
+    def request(self, work):
+        request_started.send(sender=None)
+        try:
+            return work()
+        finally:
+            request_finished.send(sender=None)
+
+    def test_next_request_resumes_the_same_connection_without_reconnecting(self):
+        first = self.request(backend_pid)
+        self.assertEqual(self.created, ["default"])
+        self.assertTrue(connection.connection.parked)
+        second = self.request(backend_pid)
+        self.assertEqual(second, first)
+        self.assertEqual(self.created, ["default"], "no connect() for a resumed lease")
+        self.assertEqual(connection.database.get_stats()[S.REQUESTS_NUM], 2)
+
+    def test_parked_connection_is_free_for_other_threads_and_never_shared(self):
+        mine = self.request(backend_pid)
+        taken, release, seen = threading.Event(), threading.Event(), {}
+
+        def other_thread():
+            other = connections["default"]
+            other.set_autocommit(False)  # holds it inside a transaction
+            seen["pid"] = query(other.connection, "SELECT pg_backend_pid()")[0][0]
+            taken.set()
+            release.wait(10)
+            other.rollback()
+            other.close()
+
+        thread = threading.Thread(target=other_thread)
+        thread.start()
+        taken.wait(10)
+        self.assertEqual(seen["pid"], mine, "the other thread got the parked connection")
+        now = self.request(backend_pid)  # must get another connection, not share
+        self.assertNotEqual(now, mine)
+        # Announced: this thread's first connect, the other thread's, and the resume here
+        # on another physical connection.
+        self.assertEqual(len(self.created), 3, "a new physical connection is announced")
+        release.set()
+        thread.join(10)
+
+    def test_cursor_from_an_earlier_request_raises_even_on_the_same_connection(self):
+        def keep_cursor():
+            cursor = connection.cursor()
+            cursor.execute("SELECT 1")
+            return cursor
+
+        old_cursor = self.request(keep_cursor)
+        request_started.send(sender=None)
+        backend_pid()  # resumes the same physical connection
+        with self.assertRaisesMessage(InterfaceError, "lease has ended"):
+            old_cursor.execute("SELECT 1")
+        request_finished.send(sender=None)
+
+    def test_dirty_lease_is_not_parked_so_connection_created_runs_again(self):
+        def dirty():
+            with connection.cursor() as cursor:
+                cursor.execute("SET search_path TO pg_catalog")
+
+        self.request(dirty)
+        self.assertIsNone(connection.connection, "a dirty lease is closed, not parked")
+        def show():
+            connection.ensure_connection()
+            return query(connection.connection, "SHOW search_path")
+
+        self.assertEqual(self.request(show), [('"$user", public',)])
+        self.assertEqual(len(self.created), 2)
+
+    def test_transaction_left_open_takes_the_close_path(self):
+        def leave_open():
+            connection.set_autocommit(False)
+            backend_pid()
+
+        with self.assertLogs("django_pooled_pg", "WARNING"):
+            self.request(leave_open)
+        self.assertIsNone(connection.connection)
+
+    def test_new_pool_options_drop_the_parked_handle_at_request_start(self):
+        first_pool = connection.database.pool
+        self.request(backend_pid)
+        configure_pool("default", max_size=3)
+        self.request(backend_pid)
+        self.assertIsNot(connection.database.pool, first_pool)
+        self.assertEqual(connection.database.pool.config.max_size, 3)
+
+    def test_forked_child_cannot_resume_the_parents_parked_connection(self):
+        parent_pid = self.request(backend_pid)
+        read_end, write_end = os.pipe()
+        child = os.fork()
+        if child == 0:  # pragma: no cover - the child
+            try:
+                os.close(read_end)
+                request_started.send(sender=None)
+                try:
+                    pid = backend_pid()
+                except Exception:
+                    connection.close()
+                    pid = backend_pid()
+                os.write(write_end, str(pid).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        child_pid = int(os.read(read_end, 64) or 0)
+        os.close(read_end)
+        os.waitpid(child, 0)
+        self.assertNotIn(child_pid, (0, parent_pid))
+        self.assertEqual(self.request(backend_pid), parent_pid, "the parent resumes its own")
