@@ -9,7 +9,6 @@ import logging
 import math
 import os
 import random
-import select
 import threading
 import time
 import weakref
@@ -235,7 +234,7 @@ class ConnectionPool:
         if alive:
             # A socket with something to read while idle means the server spoke: most
             # often the FATAL of pg_terminate_backend or a shutdown. Free to check.
-            readable = select.select((conn,), (), (), 0)[0]
+            readable = record.poller.poll(0)
             ping_after = self.config.ping_after
             if (
                 readable
@@ -387,7 +386,7 @@ class ConnectionPool:
             self._suspect_before = time.monotonic()
             return stats.CONNECTIONS_LOST
         try:
-            status = conn.info.transaction_status
+            status = conn.get_transaction_status()
             if status != _STATUS_IDLE:
                 if status in (_STATUS_UNKNOWN, _STATUS_ACTIVE):
                     return stats.CONNECTIONS_LOST
