@@ -131,14 +131,14 @@ class SessionResetTests(PoolTestCase):
         handle.rollback()
         handle.close()
 
-    def test_user_prepared_statements_do_not_leak(self):
-        # PREPARE marks the lease dirty; DEALLOCATE of user statements comes with the
-        # prepared-plans feature, which owns the per-connection statement list.
-        pool = self.make_pool(max_size=1)
-        handle = pool.checkout()
-        query(handle, "PREPARE mine AS SELECT 1")
-        self.assertTrue(handle.record.dirty)
-        handle.close()
+    def test_user_prepared_statements_are_deallocated(self):
+        self.lease_twice(["PREPARE mine AS SELECT 1"], "SELECT count(*) FROM pg_prepared_statements")
+
+    def test_prepared_inside_a_do_block_is_deallocated(self):
+        self.lease_twice(
+            ["DO $$ BEGIN EXECUTE 'PREPARE hidden AS SELECT 1'; END $$"],
+            "SELECT count(*) FROM pg_prepared_statements",
+        )
 
     def test_session_baseline_is_reapplied_after_reset(self):
         pool = self.make_pool(max_size=1, session_init=[("SET TIME ZONE %s", ["Asia/Tokyo"])])

@@ -6,7 +6,7 @@ import itertools
 from typing import TYPE_CHECKING, Any, Iterator
 
 from .errors import ConnectionReturned
-from .session import may_change_session
+from .session import may_change_session, may_prepare
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
@@ -178,6 +178,8 @@ class PooledCursor:
             query = query.decode("utf-8", "replace")
         if not isinstance(query, str) or may_change_session(query):
             record.dirty = True
+            if not isinstance(query, str) or may_prepare(query):
+                record.deallocate = True
 
     def execute(self, query: Any, vars: Any = None) -> None:
         self._run(self._live().execute, query, vars)
@@ -187,7 +189,8 @@ class PooledCursor:
 
     def callproc(self, procname: str, parameters: Any = None) -> Any:
         cursor = self._live()
-        self._handle._record.dirty = True  # a function can change anything
+        record = self._handle._record
+        record.dirty = record.deallocate = True  # a function can change anything
         return self._run(cursor.callproc, procname, parameters)
 
     def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:

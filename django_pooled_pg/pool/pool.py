@@ -22,7 +22,7 @@ from .config import PoolConfig
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
 from .handles import ConnectionHandle
 from .record import ConnectionRecord
-from .session import RESET_SQL
+from .session import DEALLOCATE_SQL, RESET_SQL
 from .stacks import capture, first_user_frame, format_stack
 from .tracker import Tracker, format_table
 
@@ -412,9 +412,13 @@ class ConnectionPool:
                 conn.deferrable = None
             mode = self.config.reset
             if mode == "always" or (record.dirty and mode == "auto"):
+                statements = [RESET_SQL]
+                if record.deallocate or mode == "always":
+                    statements.append(DEALLOCATE_SQL)
+                if record.init_sql:
+                    statements.append(record.init_sql)
                 with conn.cursor() as cursor:
-                    sql = RESET_SQL + "; " + record.init_sql if record.init_sql else RESET_SQL
-                    cursor.execute(sql)
+                    cursor.execute("; ".join(statements))
                 with self._lock:
                     self._stats[stats.RESETS_NUM] += 1
             if conn.notices:
@@ -429,7 +433,7 @@ class ConnectionPool:
                 error,
             )
             return stats.CONNECTIONS_LOST if conn.closed else stats.CONNECTIONS_CLOSED
-        record.dirty = False
+        record.dirty = record.deallocate = False
         return None
 
     def _hand_to_waiter(self, grant: ConnectionRecord | _OpenNew) -> None:

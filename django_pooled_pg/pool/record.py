@@ -19,7 +19,7 @@ class ConnectionRecord:
         "conn", "backend_pid", "opened_at", "expires_at", "idle_since", "uses", "dirty",
         "init_sql", "isolation_level", "handle_ref", "leased_at", "lease_stack", "holder",
         "cursor_stack", "execute_stack", "last_query", "query_started", "query_ended",
-        "leak_warned", "idle_tx_warned", "on_handle_lost", "parked_for", "poller", "__weakref__",
+        "leak_warned", "idle_tx_warned", "on_handle_lost", "parked_for", "poller", "deallocate", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, conn: Any, opened_at: float, expires_at: float, init_sql: str) -> None:
@@ -35,6 +35,8 @@ class ConnectionRecord:
         self.uses = 0
         #: set when the current lease ran something that may change session state
         self.dirty = False
+        #: ... and something that may have prepared statements (the reset deallocates)
+        self.deallocate = False
         #: the session's baseline (e.g. Django's time zone), re-applied after a full reset
         self.init_sql = init_sql
         #: psycopg2's isolation level as configure() left it: the baseline checkin restores
@@ -57,7 +59,7 @@ class ConnectionRecord:
 
     def start_lease(self, now: float) -> None:
         self.uses += 1
-        self.dirty = False
+        self.dirty = self.deallocate = False
         self.leased_at = now
         self.cursor_stack = self.execute_stack = ()
         self.query_ended = 0.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["RESET_SQL", "may_change_session"]
+__all__ = ["DEALLOCATE_SQL", "RESET_SQL", "may_change_session", "may_prepare"]
 
 #: What DISCARD ALL does, minus DEALLOCATE ALL and DISCARD PLANS so that the pool's own
 #: prepared statements survive (PostgreSQL documents DISCARD ALL as this sequence).
@@ -14,6 +14,18 @@ RESET_SQL = (
     "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
     "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
 )
+
+#: Added to the reset after a lease that may have prepared statements of its own: the
+#: pool's statements (kept by RESET_SQL) are prepared again lazily, the user's must go.
+DEALLOCATE_SQL = "DEALLOCATE ALL"
+
+_PREPARE = re.compile(r"\bprepare\b", re.IGNORECASE)
+
+
+def may_prepare(sql: str) -> bool:
+    """True if ``sql`` may create a prepared statement (PREPARE, also inside DO/EXECUTE)."""
+    return _PREPARE.search(sql) is not None
+
 
 #: Statements that begin with one of these words change only data or the current
 #: transaction, unless they also match _RISKY below.
