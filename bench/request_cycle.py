@@ -1,8 +1,10 @@
 #!/usr/bin/env python
-"""Django request-cycle benchmark: unpooled vs persistent vs pooled connections.
+"""Django request-cycle benchmark: unpooled vs persistent vs pooled connections; tracking cost.
 
     python bench/request_cycle.py [--seconds 2] [--rounds 5] [--threads 32]
                                   [--pin same|split|none] [--profile]
+                                  [--only cycle|threads|tracking ...]
+                                  [--tracking-rounds 20] [--tracking-seconds 0.5]
 
 Starts a throwaway PostgreSQL cluster (or uses $DATABASE_URL), configures Django in-process
 and times the request cycle ``request_started`` -> ``connections["default"].cursor()``:
@@ -14,6 +16,20 @@ and times the request cycle ``request_started`` -> ``connections["default"].curs
 2. N threads (32): persistent (a session per thread) vs pooled with max_size=8; requests/s
    and the most server sessions each used, sampled from pg_stat_activity by
    application_name on a separate psycopg2 connection.
+3. Tracking (one thread, pooled, reset='auto'): tracking='off' vs 'counters' vs 'stacks'
+   (the default), 20 rounds x 0.5 s, on three requests: the cycle above; "orm": three
+   Category.objects.get(pk=) and one list(Category.objects.filter(pk__in=[10 keys]))
+   (testproject/shop, migrated into the throwaway database, 300 rows); "orm_atomic": the same inside transaction.atomic(),
+   where 'stacks' also takes the cursor and execute stacks of every query. The levels run in
+   a rotated order each round. Throughput drifts by +-25% within seconds on a noisy VM, so
+   the runs are short and many, and next to the ratio of medians (the verdict, against
+   the targets: counters costs <= 2%, stacks <= 10%) come the per-round ratios of runs
+   seconds apart: their median (drift cancels) and their range. The stacks
+   end at the request function here, as a server's end at the handler's _get_response
+   (request_boundary()).
+
+--only cycle|threads|tracking (repeatable) runs only those workloads; the JSON then goes
+to bench/results/request_cycle-<workloads>.json unless --output says otherwise.
 
 Fairness. The request signals walk every alias in DATABASES, and each alias costs a few
 microseconds even unconnected (asgiref Local lookups): 7 aliases made the signals alone
@@ -26,7 +42,7 @@ which would bias the contender that keeps its session (the pool). --pin same (de
 this process and the cluster (postmaster, hence every backend) to one CPU: stable numbers,
 and the Python overhead weighs the most. --pin split: server on another CPU; none: unpinned.
 
-Results: a table on stdout, JSON in bench/results/request_cycle.json (see --output).
+Results: tables on stdout, JSON in bench/results/request_cycle.json (see --output).
 """
 
 from __future__ import annotations
@@ -36,6 +52,7 @@ import copy
 import cProfile
 import gc
 import io
+import itertools
 import json
 import os
 import platform
@@ -51,6 +68,7 @@ from asgiref.local import Local
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
+sys.path.insert(1, os.path.join(ROOT, "testproject"))  # the shop app (workload 3's models)
 
 APP_PREFIX = "bench_rc_"
 SINGLE = ["unpooled", "persistent", "pooled", "pooled_always"]
@@ -61,6 +79,13 @@ TARGETS = {
     "pooled/unpooled": 15.0,
     "threaded pooled8/persistent": 0.9,
 }
+SECTIONS = ("cycle", "threads", "tracking")
+TRACKING_LEVELS = ["off", "counters", "stacks"]
+TRACKING_WORKLOADS = ["cycle", "orm", "orm_atomic"]
+#: throughput of a level relative to tracking='off', at least
+TRACKING_TARGETS = {"counters/off": 0.98, "stacks/off": 0.90}
+ORM_ROWS = 300
+ORM_IN_KEYS = 10
 
 
 def pin_processes(mode: str, datadir: str | None) -> str:
@@ -124,13 +149,19 @@ def configure_django(url: str) -> None:
         "t_pooled8": database_entry(
             url, pooled, "t_pooled8", OPTIONS={"pool": {"max_size": POOLED_MAX, "timeout": 120}}
         ),
+        **{
+            f"track_{level}": database_entry(
+                url, pooled, f"track_{level}", OPTIONS={"pool": {"tracking": level}}
+            )
+            for level in TRACKING_LEVELS
+        },
     })  # fmt: skip
     settings.configure(
         DEBUG=False,
         SECRET_KEY="bench",
         USE_TZ=True,
         TIME_ZONE="UTC",
-        INSTALLED_APPS=["django_pooled_pg"],
+        INSTALLED_APPS=["django_pooled_pg", "django.contrib.contenttypes", "shop"],
         DATABASES={"default": copy.deepcopy(CONTENDERS["pooled"])},
     )
     django.setup()
@@ -150,6 +181,15 @@ def activate(name: str | None) -> None:
 # -- the request cycle ----------------------------------------------------------------
 
 
+def request_boundary(cycle):
+    """Stack walks (tracking='stacks') stop at ``cycle``, as in a server they stop at the
+    handler's _get_response: without it they would also walk the benchmark's own frames."""
+    from django_pooled_pg.pool import stacks
+
+    stacks.STOP_AT.add(cycle.__code__)
+    return cycle
+
+
 def make_cycle(alias: str = "default"):
     from django.core.signals import request_finished, request_started
     from django.db import connections
@@ -161,7 +201,7 @@ def make_cycle(alias: str = "default"):
             cursor.fetchone()
         request_finished.send(sender=None)
 
-    return cycle
+    return request_boundary(cycle)
 
 
 def signals_only_cycle() -> None:
@@ -197,19 +237,44 @@ def timed_loop(cycle, seconds: float) -> tuple[int, float]:
 POOLS: dict[str, object] = {}
 
 
-def run_single(name: str, seconds: float) -> float:
+def timed_batches(cycle, seconds: float, batch: int) -> tuple[int, float, list[float]]:
+    """Like timed_loop, also keeping the time of each batch of ``batch`` cycles."""
+    perf = time.perf_counter
+    times: list[float] = []
+    start = last = perf()
+    deadline = start + seconds
+    count = 0
+    while True:
+        for _ in range(batch):
+            cycle()
+        count += batch
+        now = perf()
+        times.append(now - last)
+        last = now
+        if now >= deadline:
+            return count, now - start, times
+
+
+def measure(name: str, make, warmup: int, loop):
+    """Run ``loop(cycle)`` with contender ``name`` as the only alias; its result."""
     from django.db import connections
 
     activate(name)
-    cycle = make_cycle()
-    for _ in range(3 if name == "unpooled" else 50):  # warm-up: connect, fill the pool
+    cycle = make()
+    for _ in range(warmup):  # connect, fill the pool
         cycle()
     check_only_connected("default")
-    count, elapsed = timed_loop(cycle, seconds)
+    result = loop(cycle)
     check_only_connected("default")
     remember_pool(name)
     connections["default"].close()  # persistent: give up the session so later rounds stay fair
     check_only_connected(None)
+    return result
+
+
+def run_single(name: str, seconds: float) -> float:
+    warmup = 3 if name == "unpooled" else 50
+    count, elapsed = measure(name, make_cycle, warmup, lambda cycle: timed_loop(cycle, seconds))
     return count / elapsed
 
 
@@ -309,6 +374,244 @@ def run_threaded(name: str, threads: int, seconds: float, warmup: float = 0.5) -
     return {"rps": sum(counts) / seconds, "min_thread": min(counts), "max_thread": max(counts)}
 
 
+# -- tracking workload ----------------------------------------------------------------
+
+ORM_KEYS: list[int] = []
+
+
+def setup_orm_data() -> None:
+    """Migrate contenttypes and shop into the benchmark database; ORM_ROWS categories."""
+    from django.core.management import call_command
+    from django.db import connections
+    from shop.models import Category
+
+    activate("persistent")  # plain postgresql: no pool involved in the set-up
+    call_command("migrate", verbosity=0, interactive=False)
+    missing = ORM_ROWS - Category.objects.count()  # $DATABASE_URL: add, never delete
+    if missing > 0:
+        Category.objects.bulk_create(Category(name=f"category {i}") for i in range(missing))
+    ORM_KEYS[:] = Category.objects.order_by("pk").values_list("pk", flat=True)[:ORM_ROWS]
+    connections["default"].close()
+
+
+def make_orm_cycle(atomic: bool = False):
+    """A request with three lookups by primary key and one pk__in filter (4 queries)."""
+    from django.core.signals import request_finished, request_started
+    from django.db import transaction
+    from shop.models import Category
+
+    keys = list(ORM_KEYS)
+    count = len(keys)
+    in_lists = [keys[i : i + ORM_IN_KEYS] for i in range(0, count - ORM_IN_KEYS + 1, ORM_IN_KEYS)]
+    requests = itertools.count()
+
+    def lookups() -> None:
+        i = next(requests)
+        objects = Category.objects
+        objects.get(pk=keys[i % count])
+        objects.get(pk=keys[(i + 101) % count])
+        objects.get(pk=keys[(i + 203) % count])
+        if len(list(objects.filter(pk__in=in_lists[i % len(in_lists)]))) != ORM_IN_KEYS:
+            raise AssertionError("pk__in filter: rows missing")
+
+    if atomic:
+
+        def cycle() -> None:
+            request_started.send(sender=None)
+            with transaction.atomic():
+                lookups()
+            request_finished.send(sender=None)
+
+    else:
+
+        def cycle() -> None:
+            request_started.send(sender=None)
+            lookups()
+            request_finished.send(sender=None)
+
+    return request_boundary(cycle)
+
+
+TRACKING_CYCLES = {
+    "cycle": make_cycle,
+    "orm": lambda: make_orm_cycle(atomic=False),
+    "orm_atomic": lambda: make_orm_cycle(atomic=True),
+}
+QUERIES_PER_REQUEST = {"cycle": 1, "orm": 4, "orm_atomic": 4}
+#: requests per timed batch (a batch takes 1-3 ms here): see BATCH_PERCENTILE
+TRACKING_BATCH = {"cycle": 16, "orm": 1, "orm_atomic": 1}
+#: Time on a shared VM is the request's own cost plus whatever the neighbours steal, in
+#: bursts. A low percentile of the batch times (all rounds of a level pooled) estimates the
+#: unstolen cost: it moved < 2% between repeated runs where medians moved 5-10%.
+BATCH_PERCENTILE = 10
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    return ordered[round(pct / 100 * (len(ordered) - 1))]
+
+
+def check_tracking(level: str) -> dict[str, bool]:
+    """Before measuring, on contender track_<level>'s fresh pool: does it track what the
+    level promises (and no more)? One query in autocommit, one inside atomic()."""
+    from django.db import connections, transaction
+    from shop.models import Category
+
+    activate(f"track_{level}")
+    conn = connections["default"]
+    Category.objects.get(pk=ORM_KEYS[0])
+    record = conn.connection.record
+    seen = {
+        "tracker": conn.current_pool.tracker is not None,
+        "last_query": record.last_query is not None,
+        "lease_stack": bool(record.lease_stack),
+        "execute_stack_autocommit": bool(record.execute_stack),
+    }
+    with transaction.atomic():
+        Category.objects.get(pk=ORM_KEYS[1])
+        record = conn.connection.record
+        seen["cursor_stack_atomic"] = bool(record.cursor_stack)
+        seen["execute_stack_atomic"] = bool(record.execute_stack)
+    conn.close()
+    expected = {
+        "tracker": level != "off",
+        "last_query": level != "off",
+        "lease_stack": level == "stacks",
+        "execute_stack_autocommit": False,
+        "cursor_stack_atomic": level == "stacks",
+        "execute_stack_atomic": level == "stacks",
+    }
+    if seen != expected:
+        raise AssertionError(f"tracking={level!r}: tracked {seen}, expected {expected}")
+    return seen
+
+
+def run_tracking(args: argparse.Namespace) -> dict:
+    """Workload 3: tracking levels x request workloads, interleaved rounds."""
+    setup_orm_data()
+    for level in TRACKING_LEVELS:
+        check_tracking(level)
+    rps = {w: {level: [] for level in TRACKING_LEVELS} for w in TRACKING_WORKLOADS}
+    batches: dict[str, dict[str, list[float]]] = {
+        w: {level: [] for level in TRACKING_LEVELS} for w in TRACKING_WORKLOADS
+    }
+    orders = []
+    print()
+    for round_index in range(args.tracking_rounds):
+        # Rotate which level runs first: no level always follows the same one.
+        shift = round_index % len(TRACKING_LEVELS)
+        order = TRACKING_LEVELS[shift:] + TRACKING_LEVELS[:shift]
+        orders.append(order)
+        for workload in TRACKING_WORKLOADS:
+            for level in order:
+                gc.collect()
+                batch = TRACKING_BATCH[workload]
+                count, elapsed, times = measure(
+                    f"track_{level}", TRACKING_CYCLES[workload], 10,
+                    lambda cycle: timed_batches(cycle, args.tracking_seconds, batch),
+                )  # fmt: skip
+                rps[workload][level].append(count / elapsed)
+                batches[workload][level].extend(t / batch for t in times)
+        print(
+            f"  tracking round {round_index + 1} (off/counters/stacks req/s): "
+            + "  ".join(
+                f"{w} " + "/".join(f"{rps[w][level][-1]:,.0f}" for level in TRACKING_LEVELS)
+                for w in TRACKING_WORKLOADS
+            ),
+            flush=True,
+        )
+    median = {w: {lv: statistics.median(v) for lv, v in by.items()} for w, by in rps.items()}
+    # us per request at the BATCH_PERCENTILE-th percentile of the batch times
+    low_us = {
+        w: {lv: 1e6 * percentile(v, BATCH_PERCENTILE) for lv, v in by.items()}
+        for w, by in batches.items()
+    }
+    ratios: dict[str, dict[str, float]] = {}
+    per_round: dict[str, dict[str, list[float]]] = {}
+    paired: dict[str, dict[str, float]] = {}
+    low_ratios: dict[str, dict[str, float]] = {}
+    verdict: dict[str, dict[str, bool]] = {}
+    low_verdict: dict[str, dict[str, bool]] = {}
+    for w in TRACKING_WORKLOADS:
+        ratios[w], per_round[w], paired[w], verdict[w] = {}, {}, {}, {}
+        low_ratios[w], low_verdict[w] = {}, {}
+        for name, target in TRACKING_TARGETS.items():
+            level = name.split("/")[0]
+            ratios[w][name] = median[w][level] / median[w]["off"]
+            per_round[w][name] = [a / b for a, b in zip(rps[w][level], rps[w]["off"])]
+            paired[w][name] = statistics.median(per_round[w][name])
+            low_ratios[w][name] = low_us[w]["off"] / low_us[w][level]
+            verdict[w][name] = ratios[w][name] >= target
+            low_verdict[w][name] = low_ratios[w][name] >= target
+    queries = {
+        level: len(POOLS[f"track_{level}"].tracker.queries) if level != "off" else 0
+        for level in TRACKING_LEVELS
+    }
+
+    p = f"p{BATCH_PERCENTILE}"
+    print(
+        f"\nWorkload 3: tracking levels, pooled, 1 thread ({args.tracking_rounds} rounds x "
+        f"{args.tracking_seconds:g} s, levels rotated; {p}: {BATCH_PERCENTILE}th percentile "
+        f"of batch times)"
+    )
+    print(
+        f"  {'workload':<12}{'tracking':<10}{'req/s':>8}{'min..max req/s':>17}{'us/req':>9}"
+        f"{p + ' us/req':>12}{'+us/req':>9}{'+us/query':>11}"
+    )
+    for w in TRACKING_WORKLOADS:
+        for level in TRACKING_LEVELS:
+            values = rps[w][level]
+            extra = low_us[w][level] - low_us[w]["off"]
+            print(
+                f"  {w if level == 'off' else '':<12}{level:<10}{median[w][level]:>8,.0f}"
+                f"{f'{min(values):,.0f}..{max(values):,.0f}':>17}{1e6 / median[w][level]:>9.1f}"
+                f"{low_us[w][level]:>12.1f}"
+                f"{'' if level == 'off' else f'{extra:+.1f}':>9}"
+                f"{'' if level == 'off' else f'{extra / QUERIES_PER_REQUEST[w]:+.1f}':>11}"
+            )
+    print(
+        f"  (+us: {p} against off.) Query shapes in the statistics: "
+        f"counters {queries['counters']}, stacks {queries['stacks']}"
+    )
+    print(
+        f"\nTracking ratios (req/s against off): of medians | per-round median (range) | {p}"
+    )
+    for w in TRACKING_WORKLOADS:
+        for name, target in TRACKING_TARGETS.items():
+            spread = f"({min(per_round[w][name]):.2f}..{max(per_round[w][name]):.2f})"
+            print(
+                f"  {w + ' ' + name:<25}{ratios[w][name]:>6.3f} | {paired[w][name]:.3f} "
+                f"{spread:<12} | {low_ratios[w][name]:.3f}   >= {target:g}: medians "
+                f"{'PASS' if verdict[w][name] else 'MISS'}, {p} "
+                f"{'PASS' if low_verdict[w][name] else 'MISS'}"
+            )
+    return {
+        "rounds": args.tracking_rounds,
+        "seconds_per_round": args.tracking_seconds,
+        "orm_rows": ORM_ROWS,
+        "queries_per_request": QUERIES_PER_REQUEST,
+        "level_orders": orders,
+        "workloads": {
+            w: {
+                level: {"median_rps": median[w][level], "rounds_rps": rps[w][level]}
+                for level in TRACKING_LEVELS
+            }
+            for w in TRACKING_WORKLOADS
+        },
+        "ratios": ratios,
+        "ratios_per_round": per_round,
+        "ratios_per_round_median": paired,
+        "batch_percentile": BATCH_PERCENTILE,
+        "batch_size": TRACKING_BATCH,
+        "batch_percentile_us_per_request": low_us,
+        "batch_percentile_ratios": low_ratios,
+        "targets": TRACKING_TARGETS,
+        "verdict": verdict,
+        "batch_percentile_verdict": low_verdict,
+        "query_shapes": queries,
+    }
+
+
 # -- profile --------------------------------------------------------------------------
 
 
@@ -345,9 +648,28 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="also cProfile the pooled cycle")
     parser.add_argument(
-        "--output", default=os.path.join(HERE, "results", "request_cycle.json")
+        "--only", action="append", choices=SECTIONS, metavar="{" + ",".join(SECTIONS) + "}",
+        help="run only this workload: 1 cycle, 2 threads, 3 tracking (repeatable; default all)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--tracking-rounds", type=int, default=20, help="interleaved rounds of workload 3 (20)"
+    )
+    parser.add_argument(
+        "--tracking-seconds", type=float, default=0.5,
+        help="length of one workload 3 run (0.5; a round has 9)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--output",
+        help="JSON results (bench/results/request_cycle.json; with --only: "
+        "request_cycle-<workloads>.json)",
     )
     args = parser.parse_args()
+    args.sections = [name for name in SECTIONS if name in (args.only or SECTIONS)]
+    if args.output is None:
+        suffix = "" if args.sections == list(SECTIONS) else "-" + "-".join(args.sections)
+        args.output = os.path.join(HERE, "results", f"request_cycle{suffix}.json")
+    if min(args.rounds, args.tracking_rounds) < 1:
+        parser.error("rounds must be at least 1")
 
     cluster = None
     url = os.environ.get("DATABASE_URL")
@@ -392,111 +714,12 @@ def run(args: argparse.Namespace, url: str) -> int:
     print(
         f"Django {django.__version__}, psycopg2 {psycopg2.__version__.split()[0]}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
-        f"{args.rounds} rounds x {args.seconds:g} s; --pin {args.pin}: {args.placement}"
+        f"{args.rounds} rounds x {args.seconds:g} s; --pin {args.pin}: {args.placement}; "
+        f"workloads: {', '.join(args.sections)}"
     )
-    print(f"signals-only cycle (1 unconnected alias): {baseline_us:.1f} us\n")
+    print(f"signals-only cycle (1 unconnected alias): {baseline_us:.1f} us")
 
-    # Workload 1: one thread, interleaved rounds.
-    single: dict[str, list[float]] = {alias: [] for alias in SINGLE}
-    for round_index in range(args.rounds):
-        for alias in SINGLE:
-            gc.collect()
-            single[alias].append(run_single(alias, args.seconds))
-        print(
-            f"  round {round_index + 1}: "
-            + "  ".join(f"{alias} {single[alias][-1]:,.0f}/s" for alias in SINGLE),
-            flush=True,
-        )
-    median = {alias: statistics.median(values) for alias, values in single.items()}
-    pool_stats = {name: POOLS[name].get_stats() for name in ("pooled", "pooled_always")}
-
-    # Workload 2: threads, interleaved rounds, sessions sampled server-side.
-    entry = CONTENDERS["t_persistent"]
-    sampler = SessionSampler(
-        {
-            "dbname": entry["NAME"],
-            "user": entry["USER"] or None,
-            "password": entry["PASSWORD"] or None,
-            "host": entry["HOST"] or None,
-            "port": entry["PORT"] or None,
-        }
-    )
-    sampler.start()
-    threaded: dict[str, list[dict]] = {alias: [] for alias in THREADED}
-    print()
-    for round_index in range(args.rounds):
-        for alias in THREADED:
-            gc.collect()
-            threaded[alias].append(run_threaded(alias, args.threads, args.seconds))
-        print(
-            f"  threads round {round_index + 1}: "
-            + "  ".join(f"{alias} {threaded[alias][-1]['rps']:,.0f}/s" for alias in THREADED),
-            flush=True,
-        )
-    sampler.stop()
-    t_median = {a: statistics.median(r["rps"] for r in runs) for a, runs in threaded.items()}
-    t_pool_stats = POOLS["t_pooled8"].get_stats()
-    sessions = {alias: sampler.maxima.get(alias, 0) for alias in THREADED}
-
-    ratios = {
-        "pooled/persistent": median["pooled"] / median["persistent"],
-        "pooled/unpooled": median["pooled"] / median["unpooled"],
-        "pooled_always/persistent": median["pooled_always"] / median["persistent"],
-        "pooled/pooled_always": median["pooled"] / median["pooled_always"],
-        "threaded pooled8/persistent": t_median["t_pooled8"] / t_median["t_persistent"],
-    }
-    # The same ratios round by round (contenders of a round ran seconds apart): their
-    # spread shows how much of a difference is noise of the machine.
-    pairs = {
-        "pooled/persistent": (single["pooled"], single["persistent"]),
-        "pooled/unpooled": (single["pooled"], single["unpooled"]),
-        "pooled_always/persistent": (single["pooled_always"], single["persistent"]),
-        "pooled/pooled_always": (single["pooled"], single["pooled_always"]),
-        "threaded pooled8/persistent": (
-            [r["rps"] for r in threaded["t_pooled8"]], [r["rps"] for r in threaded["t_persistent"]]
-        ),
-    }
-    per_round = {name: [a / b for a, b in zip(*pair)] for name, pair in pairs.items()}
-    verdict = {name: ratios[name] >= target for name, target in TARGETS.items()}
-    verdict["pooled sessions <= 8"] = 0 < sessions["t_pooled8"] <= POOLED_MAX
-
-    # Table.
-    print("\nWorkload 1: request cycle, 1 thread (median of rounds)")
-    print(f"  {'contender':<15}{'req/s':>10}{'us/req':>9}{'min..max req/s':>22}{'resets/leases':>16}")
-    for alias in SINGLE:
-        values = single[alias]
-        resets = pool_stats[alias].get("resets_num", 0) if alias in pool_stats else None
-        requests = pool_stats[alias].get("requests_num") if alias in pool_stats else None
-        print(
-            f"  {alias:<15}{median[alias]:>10,.0f}{1e6 / median[alias]:>9.1f}"
-            f"{f'{min(values):,.0f}..{max(values):,.0f}':>22}"
-            f"{'-' if resets is None else f'{resets}/{requests}':>16}"
-        )
-    print(f"\nWorkload 2: {args.threads} threads (median of rounds)")
-    print(f"  {'contender':<15}{'req/s':>10}{'max server sessions':>22}")
-    for alias in THREADED:
-        print(f"  {alias:<15}{t_median[alias]:>10,.0f}{sessions[alias]:>22}")
-    print(
-        f"  pooled8 waits: {t_pool_stats.get('requests_queued', 0)} queued of "
-        f"{t_pool_stats.get('requests_num', 0)} checkouts (avg wait "
-        f"{t_pool_stats.get('requests_wait_ms', 0) / max(1, t_pool_stats.get('requests_queued', 0)):.2f} ms), "
-        f"{t_pool_stats.get('connections_num', 0)} connections opened; "
-        f"{sampler.samples} session samples"
-    )
-    print("\nRatios of medians (per-round range; target)")
-    for name, value in ratios.items():
-        target = TARGETS.get(name)
-        spread = f"({min(per_round[name]):.2f}..{max(per_round[name]):.2f})"
-        mark = "" if target is None else f"  >= {target:g}: {'PASS' if verdict[name] else 'MISS'}"
-        print(f"  {name:<30}{value:>7.2f}x {spread:<14}{mark}")
-    print(
-        f"  {'pooled8 max server sessions':<30}{sessions['t_pooled8']:>7}  {'':<14}"
-        f"  <= {POOLED_MAX}: {'PASS' if verdict['pooled sessions <= 8'] else 'FAIL'}"
-    )
-    elapsed = time.monotonic() - started
-    print(f"\nbenchmark time {elapsed:.0f} s")
-
-    results = {
+    results: dict = {
         "command": "python bench/request_cycle.py " + " ".join(sys.argv[1:]),
         "environment": {
             "django": django.__version__,
@@ -507,14 +730,82 @@ def run(args: argparse.Namespace, url: str) -> int:
         },
         "pin": args.pin,
         "placement": args.placement,
+        "workloads": args.sections,
         "seconds_per_round": args.seconds,
         "rounds": args.rounds,
         "signals_only_cycle_us": baseline_us,
-        "single_thread": {
+    }
+    ratios: dict[str, float] = {}
+    per_round: dict[str, list[float]] = {}
+
+    if "cycle" in args.sections:
+        # Workload 1: one thread, interleaved rounds.
+        print()
+        single: dict[str, list[float]] = {alias: [] for alias in SINGLE}
+        for round_index in range(args.rounds):
+            for alias in SINGLE:
+                gc.collect()
+                single[alias].append(run_single(alias, args.seconds))
+            print(
+                f"  round {round_index + 1}: "
+                + "  ".join(f"{alias} {single[alias][-1]:,.0f}/s" for alias in SINGLE),
+                flush=True,
+            )
+        median = {alias: statistics.median(values) for alias, values in single.items()}
+        pool_stats = {name: POOLS[name].get_stats() for name in ("pooled", "pooled_always")}
+        ratios.update({
+            "pooled/persistent": median["pooled"] / median["persistent"],
+            "pooled/unpooled": median["pooled"] / median["unpooled"],
+            "pooled_always/persistent": median["pooled_always"] / median["persistent"],
+            "pooled/pooled_always": median["pooled"] / median["pooled_always"],
+        })  # fmt: skip
+        # The same ratios round by round (contenders of a round ran seconds apart): their
+        # spread shows how much of a difference is noise of the machine.
+        pairs = {
+            "pooled/persistent": (single["pooled"], single["persistent"]),
+            "pooled/unpooled": (single["pooled"], single["unpooled"]),
+            "pooled_always/persistent": (single["pooled_always"], single["persistent"]),
+            "pooled/pooled_always": (single["pooled"], single["pooled_always"]),
+        }
+        per_round.update({name: [a / b for a, b in zip(*pair)] for name, pair in pairs.items()})
+        results["single_thread"] = {
             alias: {"median_rps": median[alias], "rounds_rps": single[alias]} for alias in SINGLE
-        },
-        "single_thread_pool_stats": pool_stats,
-        "threaded": {
+        }
+        results["single_thread_pool_stats"] = pool_stats
+
+    if "threads" in args.sections:
+        # Workload 2: threads, interleaved rounds, sessions sampled server-side.
+        entry = CONTENDERS["t_persistent"]
+        sampler = SessionSampler(
+            {
+                "dbname": entry["NAME"],
+                "user": entry["USER"] or None,
+                "password": entry["PASSWORD"] or None,
+                "host": entry["HOST"] or None,
+                "port": entry["PORT"] or None,
+            }
+        )
+        sampler.start()
+        threaded: dict[str, list[dict]] = {alias: [] for alias in THREADED}
+        print()
+        for round_index in range(args.rounds):
+            for alias in THREADED:
+                gc.collect()
+                threaded[alias].append(run_threaded(alias, args.threads, args.seconds))
+            print(
+                f"  threads round {round_index + 1}: "
+                + "  ".join(f"{alias} {threaded[alias][-1]['rps']:,.0f}/s" for alias in THREADED),
+                flush=True,
+            )
+        sampler.stop()
+        t_median = {a: statistics.median(r["rps"] for r in runs) for a, runs in threaded.items()}
+        t_pool_stats = POOLS["t_pooled8"].get_stats()
+        sessions = {alias: sampler.maxima.get(alias, 0) for alias in THREADED}
+        ratios["threaded pooled8/persistent"] = t_median["t_pooled8"] / t_median["t_persistent"]
+        per_round["threaded pooled8/persistent"] = [
+            a["rps"] / b["rps"] for a, b in zip(threaded["t_pooled8"], threaded["t_persistent"])
+        ]
+        results["threaded"] = {
             "threads": args.threads,
             "pooled_max_size": POOLED_MAX,
             **{
@@ -527,13 +818,70 @@ def run(args: argparse.Namespace, url: str) -> int:
             },
             "pool_stats": t_pool_stats,
             "session_samples": sampler.samples,
-        },
+        }
+
+    verdict = {name: ratios[name] >= target for name, target in TARGETS.items() if name in ratios}
+    if "threads" in args.sections:
+        verdict["pooled sessions <= 8"] = 0 < sessions["t_pooled8"] <= POOLED_MAX
+
+    # Tables of workloads 1 and 2.
+    if "cycle" in args.sections:
+        print("\nWorkload 1: request cycle, 1 thread (median of rounds)")
+        print(
+            f"  {'contender':<15}{'req/s':>10}{'us/req':>9}{'min..max req/s':>22}"
+            f"{'resets/leases':>16}"
+        )
+        for alias in SINGLE:
+            values = single[alias]
+            resets = pool_stats[alias].get("resets_num", 0) if alias in pool_stats else None
+            requests = pool_stats[alias].get("requests_num") if alias in pool_stats else None
+            print(
+                f"  {alias:<15}{median[alias]:>10,.0f}{1e6 / median[alias]:>9.1f}"
+                f"{f'{min(values):,.0f}..{max(values):,.0f}':>22}"
+                f"{'-' if resets is None else f'{resets}/{requests}':>16}"
+            )
+    if "threads" in args.sections:
+        print(f"\nWorkload 2: {args.threads} threads (median of rounds)")
+        print(f"  {'contender':<15}{'req/s':>10}{'max server sessions':>22}")
+        for alias in THREADED:
+            print(f"  {alias:<15}{t_median[alias]:>10,.0f}{sessions[alias]:>22}")
+        queued = t_pool_stats.get("requests_queued", 0)
+        print(
+            f"  pooled8 waits: {queued} queued of "
+            f"{t_pool_stats.get('requests_num', 0)} checkouts (avg wait "
+            f"{t_pool_stats.get('requests_wait_ms', 0) / max(1, queued):.2f} ms), "
+            f"{t_pool_stats.get('connections_num', 0)} connections opened; "
+            f"{sampler.samples} session samples"
+        )
+    if ratios:
+        print("\nRatios of medians (per-round range; target)")
+        for name, value in ratios.items():
+            target = TARGETS.get(name)
+            spread = f"({min(per_round[name]):.2f}..{max(per_round[name]):.2f})"
+            mark = (
+                "" if target is None
+                else f"  >= {target:g}: {'PASS' if verdict[name] else 'MISS'}"
+            )  # fmt: skip
+            print(f"  {name:<30}{value:>7.2f}x {spread:<14}{mark}")
+    if "threads" in args.sections:
+        print(
+            f"  {'pooled8 max server sessions':<30}{sessions['t_pooled8']:>7}  {'':<14}"
+            f"  <= {POOLED_MAX}: {'PASS' if verdict['pooled sessions <= 8'] else 'FAIL'}"
+        )
+    results.update({
         "ratios": ratios,
         "ratios_per_round": per_round,
         "targets": TARGETS,
         "verdict": verdict,
-        "elapsed_s": elapsed,
-    }
+    })  # fmt: skip
+
+    if "tracking" in args.sections:
+        # Workload 3 prints its own tables (after its rounds).
+        results["tracking"] = run_tracking(args)
+
+    elapsed = time.monotonic() - started
+    print(f"\nbenchmark time {elapsed:.0f} s")
+    results["elapsed_s"] = elapsed
     if args.profile:
         report = profile_pooled(args.seconds)
         print("\n" + report)

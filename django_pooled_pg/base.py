@@ -100,9 +100,18 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return super().get_new_connection(conn_params)
         self.isolation_level, pool = target
         handle = pool.checkout()
-        method = weakref.WeakMethod(self._on_new_connection)  # no cycle: leaks stay visible
-        handle.on_new_connection = lambda: (bound := method()) is not None and bound()
+        # Weak references: no cycle through the wrapper, so leaked leases stay collectable.
+        announce = weakref.WeakMethod(self._on_new_connection)
+        current = weakref.WeakMethod(self._current_pool_for_resume)
+        handle.on_new_connection = lambda: (bound := announce()) is not None and bound()
+        handle.find_pool = lambda: (bound := current()) is not None and bound()
         return handle
+
+    def _current_pool_for_resume(self) -> ConnectionPool:
+        target = self._lease_target()
+        if target is None:
+            raise ImproperlyConfigured(f"pooling was turned off for database {self.alias!r}")
+        return target[1]
 
     def _on_new_connection(self) -> None:
         # A parked lease resumed on another physical connection (someone took ours): to
@@ -195,7 +204,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                     self.close()  # settings changed or the pool closed: lease anew
                 return
             if (
-                not handle.record.dirty  # else connection_created's set-up must run again
+                handle.can_park  # else connection_created's set-up must run again
                 and self.autocommit
                 and self.settings_dict["AUTOCOMMIT"]
                 and not self.in_atomic_block

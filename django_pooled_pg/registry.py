@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -44,6 +45,14 @@ def get_pool(
                 )  # fmt: skip
                 _pools[key] = pool
     return pool
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()  # another thread may have held it at the fork
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def pools() -> list[ConnectionPool]:

@@ -158,3 +158,19 @@ class LeakRecoveryTests(PooledAliasTestCase):
             query(connection.connection, "SELECT count(*) FROM pg_class WHERE relname = 'leaked_tx'"),
             [(0,)],
         )
+
+
+class GuardedMethodTests(PooledAliasTestCase):
+    def test_methods_taken_during_a_lease_refuse_to_run_after_it(self):
+        from django_pooled_pg.pool import ConnectionReturned
+
+        connection.ensure_connection()
+        handle = connection.connection
+        get_status = handle.get_transaction_status
+        cursor = handle.cursor()
+        mogrify = cursor.mogrify
+        connection.close()
+        with self.assertRaises(ConnectionReturned):
+            get_status()
+        with self.assertRaises(ConnectionReturned):
+            mogrify("SELECT %s", [1])

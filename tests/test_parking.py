@@ -138,3 +138,28 @@ class ParkingTests(PooledAliasTestCase):
         os.waitpid(child, 0)
         self.assertNotIn(child_pid, (0, parent_pid))
         self.assertEqual(self.request(backend_pid), parent_pid, "the parent resumes its own")
+
+
+class ParkingEdgeTests(PooledAliasTestCase):
+    pool_options = {"max_size": 2}
+
+    def test_parked_handle_whose_pool_closed_resumes_from_the_current_pool(self):
+        request_started.send(sender=None)
+        backend_pid()
+        request_finished.send(sender=None)
+        configure_pool("default", max_size=4)  # closes the old pool
+        # No request signal here (a shell, a worker loop): the parked handle must cope.
+        self.assertIsInstance(backend_pid(), int)
+        self.assertEqual(connection.database.pool.config.max_size, 4)
+
+    def test_reset_always_never_parks_so_connection_created_set_up_runs_again(self):
+        configure_pool("default", reset="always")
+        created = []
+        receiver = lambda sender, connection, **kw: created.append(1)  # noqa: E731
+        connection_created.connect(receiver, weak=False)
+        self.addCleanup(connection_created.disconnect, receiver)
+        for _ in range(2):
+            request_started.send(sender=None)
+            backend_pid()
+            request_finished.send(sender=None)
+        self.assertEqual(len(created), 2)

@@ -293,3 +293,46 @@ class LoggingTests(PoolTestCase):
         self.assertIn("rolled back", logs.output[0])
         self.assertIn("handle = pool.checkout()", logs.output[0])
         self.assertEqual(pool.get_stats()[S.RETURNS_ROLLED_BACK], 1)
+
+
+class RaceTests(PoolTestCase):
+    def test_connection_opened_while_the_pool_closes_is_not_kept(self):
+        holder = {}
+
+        def close_pool_during_connect(conn):
+            if holder.get("pool") is not None and not holder.get("done"):
+                holder["done"] = True
+                holder["pool"].close()
+
+        pool = ConnectionPool(
+            server_params(), name="race", min_size=1, cleaner="inline",
+            configure=close_pool_during_connect,
+        )  # fmt: skip
+        holder["pool"] = pool
+        pool.run_maintenance()  # refill: opens one, the pool closes meanwhile
+        stats = pool.get_stats()
+        self.assertEqual(stats[S.POOL_AVAILABLE], 0)
+        self.assertEqual(stats[S.POOL_SIZE], 0)
+        self.assertEqual(stats[S.CONNECTIONS_CLOSED], 1)
+
+    def test_fork_while_another_thread_holds_the_statistics_lock(self):
+        pool = self.make_pool(tracking="counters")
+        pool.checkout().close()
+        lock = pool.tracker.queries._lock
+        lock.acquire()  # as if another thread were recording a query at the fork
+        try:
+            child = os.fork()
+            if child == 0:  # pragma: no cover - the child
+                import signal
+
+                signal.alarm(10)  # a deadlock would end here with a non-zero status
+                try:
+                    handle = pool.checkout()
+                    handle.cursor().execute("SELECT 1")
+                    handle.close()
+                finally:
+                    os._exit(0)
+            _, status = os.waitpid(child, 0)
+        finally:
+            lock.release()
+        self.assertEqual(status, 0)

@@ -105,6 +105,52 @@ class SessionResetTests(PoolTestCase):
         query(handle, "DROP TABLE reset_probe")
         handle.close()
 
+    def test_transaction_begun_as_sql_in_autocommit_is_rolled_back(self):
+        # psycopg2's rollback() does nothing in autocommit mode: the pool must not rely on it.
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        query(handle, "CREATE TABLE IF NOT EXISTS sql_begin_probe (a int)")
+        query(handle, "BEGIN")
+        query(handle, "INSERT INTO sql_begin_probe VALUES (1)")
+        handle.close()
+        handle = pool.checkout()
+        self.assertEqual(handle.get_transaction_status(), 0)
+        self.assertEqual(query(handle, "SELECT count(*) FROM sql_begin_probe"), [(0,)])
+        query(handle, "DROP TABLE sql_begin_probe")
+        handle.close()
+
+    def test_failed_sql_transaction_in_autocommit_is_rolled_back(self):
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        query(handle, "BEGIN")
+        with self.assertRaises(psycopg2.Error):
+            query(handle, "SELECT 1/0")
+        handle.close()
+        handle = pool.checkout()
+        self.assertEqual(query(handle, "SELECT 1"), [(1,)])
+        handle.close()
+
+    def test_prepare_after_another_dirty_statement_is_deallocated(self):
+        self.lease_twice(
+            ["SET search_path TO pg_catalog", "PREPARE later AS SELECT 1"],
+            "SELECT count(*) FROM pg_prepared_statements",
+        )
+
+    def test_pg_temp_objects_are_dropped(self):
+        self.lease_twice(
+            ["CREATE TABLE pg_temp.sneaky (a int)"],
+            "SELECT count(*) FROM pg_class WHERE relname = 'sneaky'",
+        )
+
+    def test_client_encoding_is_restored(self):
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        handle.set_client_encoding("LATIN1")
+        handle.close()
+        handle = pool.checkout()
+        self.assertEqual(handle.encoding, "UTF8")
+        handle.close()
+
     def test_failed_transaction_is_rolled_back(self):
         pool = self.make_pool(max_size=1)
         handle = pool.checkout()
@@ -199,6 +245,14 @@ class ResetSkipTests(PoolTestCase):
             "UPDATE t SET a = set_config('x.y', '1', false)",
             "LOAD 'auto_explain'",
             "/* comment */ SET x = 1",
+            "CREATE TABLE pg_temp.x (a int)",
+            "CREATE VIEW pg_temp.v AS SELECT 1",
+            "SELECT 1; RESET ROLE",
+            "UPDATE t SET a = 1; SET search_path = x",
+            "DO $$BEGIN SET TIME ZONE 'Asia/Tokyo'; END$$",
+            "DO $$BEGIN SET SESSION search_path TO x; END$$",
+            "DO $$BEGIN SET search_path FROM CURRENT; END$$",
+            "SELECT 1; SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
         ]
         clean = [
             "SELECT 1",
@@ -212,6 +266,10 @@ class ResetSkipTests(PoolTestCase):
             "CREATE TABLE t (a int)",
             "WITH x AS (SELECT 1) SELECT * FROM x",
             'SELECT "templates"."id" FROM "templates"',
+            'INSERT INTO t (a) VALUES (1) ON CONFLICT (a) DO UPDATE SET a = EXCLUDED.a',
+            "SELECT 'a;b' FROM t",
+            'SELECT "x;y" FROM t;',
+            "SELECT pg_advisory_xact_lock(1)",
         ]
         for sql in session_changing:
             self.assertTrue(may_change_session(sql), sql)

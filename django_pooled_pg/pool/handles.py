@@ -17,6 +17,19 @@ __all__ = ["ConnectionHandle", "PooledCursor"]
 #: Lease numbers, unique in the process (itertools.count is atomic under the GIL).
 _lease_numbers = itertools.count(1)
 
+#: psycopg2 connection methods that change the session (the return then resets it).
+_SESSION_CHANGING_METHODS = frozenset({"set_client_encoding", "tpc_begin", "lobject"})
+
+
+def _guarded(method: Any, check: Any) -> Any:
+    """``method`` that first runs ``check()`` (which raises once the lease is over)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        check()
+        return method(*args, **kwargs)
+
+    return call
+
 _RETURNED = (
     "this connection handle's lease has ended (it was returned to the pool, or the process "
     "forked): take a new connection instead of keeping cursors or handles across leases"
@@ -36,7 +49,10 @@ class ConnectionHandle:
     (and every park) gets a new number: cursors of an earlier one refuse to work.
     """
 
-    __slots__ = ("_conn", "_record", "_pool", "_lease", "_parked", "on_new_connection", "__weakref__")
+    __slots__ = (
+        "_conn", "_record", "_pool", "_lease", "_parked", "on_new_connection", "find_pool",
+        "__weakref__",
+    )  # fmt: skip
 
     _conn: Any
     _record: ConnectionRecord
@@ -47,11 +63,15 @@ class ConnectionHandle:
     #: Called (no arguments) when resuming had to bind another physical connection than
     #: the one parked, so that the holder can redo its per-connection set-up.
     on_new_connection: Any
+    #: Called (no arguments) when a parked handle's pool has been closed: returns the pool
+    #: to resume from now (the holder's settings may have changed with it).
+    find_pool: Any
 
     def __init__(self, pool: ConnectionPool, record: ConnectionRecord) -> None:
         object.__setattr__(self, "_pool", pool)
         object.__setattr__(self, "_parked", False)
         object.__setattr__(self, "on_new_connection", None)
+        object.__setattr__(self, "find_pool", None)
         self._bind(record)
 
     def _bind(self, record: ConnectionRecord) -> None:
@@ -69,6 +89,8 @@ class ConnectionHandle:
         if conn is None:
             if not self._parked:
                 raise ConnectionReturned(_RETURNED)
+            if self._pool.closed and self.find_pool is not None:
+                object.__setattr__(self, "_pool", self.find_pool())
             if not self._pool.resume(self) and self.on_new_connection is not None:
                 self.on_new_connection()
             conn = self._conn
@@ -81,6 +103,12 @@ class ConnectionHandle:
     @property
     def parked(self) -> bool:
         return self._parked
+
+    @property
+    def can_park(self) -> bool:
+        """Whether parking would hand back this very session: the lease changed nothing
+        and the pool does not reset every session on return."""
+        return not self._record.dirty and self._pool.config.reset != "always"
 
     @property
     def record(self) -> ConnectionRecord:
@@ -130,10 +158,21 @@ class ConnectionHandle:
         self._live().autocommit = value
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._live(), name)
+        value = getattr(self._live(), name)
+        if callable(value):
+            lease = self._lease
+
+            def check() -> None:
+                if self._lease != lease:
+                    raise ConnectionReturned(_RETURNED)
+
+            if name in _SESSION_CHANGING_METHODS:
+                self._record.dirty = True
+            return _guarded(value, check)
+        return value
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "on_new_connection" or isinstance(ConnectionHandle.__dict__.get(name), property):
+        if name == "on_new_connection" or name == "find_pool" or isinstance(ConnectionHandle.__dict__.get(name), property):
             object.__setattr__(self, name, value)
         else:
             setattr(self._live(), name, value)
@@ -172,13 +211,15 @@ class PooledCursor:
 
     def _note(self, query: Any) -> None:
         record = self._handle._record
-        if record.dirty:
-            return
+        if record.deallocate:
+            return  # the fullest reset is due already
         if isinstance(query, bytes):
             query = query.decode("utf-8", "replace")
-        if not isinstance(query, str) or may_change_session(query):
+        if not isinstance(query, str):
+            record.dirty = record.deallocate = True
+        elif may_change_session(query):
             record.dirty = True
-            if not isinstance(query, str) or may_prepare(query):
+            if may_prepare(query):
                 record.deallocate = True
 
     def execute(self, query: Any, vars: Any = None) -> None:
@@ -206,7 +247,7 @@ class PooledCursor:
     def _run(self, method: Any, query: Any, args: Any) -> Any:
         handle = self._handle
         record = handle._record
-        if not record.dirty:
+        if not record.deallocate:
             self._note(query)
         tracker = handle._pool.tracker
         if tracker is None:
@@ -244,7 +285,11 @@ class PooledCursor:
         return self._lease != self._handle._lease or bool(self._cursor.closed)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self._live(), name)
+        value = getattr(self._live(), name)
+        if callable(value):
+            # copy_from(), scroll(), mogrify()...: they must not outlive the lease either.
+            return _guarded(value, lambda: self._live())
+        return value
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._live(), name, value)

@@ -256,7 +256,8 @@ class ConnectionPool:
         return alive
 
     def _ping(self, record: ConnectionRecord) -> bool:
-        self._stats[stats.PINGS_NUM] += 1
+        with self._lock:
+            self._stats[stats.PINGS_NUM] += 1
         try:
             with record.conn.cursor() as cursor:
                 cursor.execute("SELECT 1")
@@ -371,11 +372,16 @@ class ConnectionPool:
             with self._lock:
                 self._leased.discard(record)
                 record.idle_since = now
-                if self._waiters:
+                closed = self._closed
+                if closed:
+                    pass
+                elif self._waiters:
                     self._hand_to_waiter(record)
                 else:
                     record.parked_for = park_for
                     self._idle.append(record)
+            if closed:  # closed while this connection was being reset
+                self._discard(record, stats.CONNECTIONS_CLOSED)
         if self._inline_cleaner and now >= self._next_maintenance:
             self.run_maintenance()
 
@@ -390,7 +396,14 @@ class ConnectionPool:
             if status != _STATUS_IDLE:
                 if status in (_STATUS_UNKNOWN, _STATUS_ACTIVE):
                     return stats.CONNECTIONS_LOST
-                conn.rollback()
+                if conn.autocommit:
+                    # A BEGIN sent as SQL: psycopg2's rollback() would do nothing here.
+                    with conn.cursor() as cursor:
+                        cursor.execute("ROLLBACK")
+                else:
+                    conn.rollback()
+                if conn.get_transaction_status() != _STATUS_IDLE:
+                    return stats.CONNECTIONS_CLOSED
                 with self._lock:
                     self._stats[stats.RETURNS_ROLLED_BACK] += 1
                 logger.warning(
@@ -410,6 +423,8 @@ class ConnectionPool:
                 conn.readonly = None
             if conn.deferrable is not None:
                 conn.deferrable = None
+            if conn.encoding != record.encoding:
+                conn.set_client_encoding(record.encoding)
             mode = self.config.reset
             if mode == "always" or (record.dirty and mode == "auto"):
                 statements = [RESET_SQL]
@@ -472,7 +487,8 @@ class ConnectionPool:
                 self._stats[stats.LEAKS_RECOVERED] += 1
             logger.warning(
                 "Pool %r: connection (backend pid %s) was never returned: its holder was "
-                "garbage-collected %.1f s after the lease. Recovered it. Leased at:\n%s",
+                "garbage-collected without close(); recovered %.1f s after the lease. "
+                "Leased at:\n%s",
                 self.name,
                 record.backend_pid,
                 time.monotonic() - record.leased_at,
@@ -546,10 +562,16 @@ class ConnectionPool:
                 logger.warning("Pool %r: could not refill to min_size: %s", self.name, error)
                 return
             with self._lock:
-                if self._waiters:
+                closed = self._closed
+                if closed:
+                    pass
+                elif self._waiters:
                     self._hand_to_waiter(record)
                 else:
                     self._idle.append(record)
+            if closed:  # closed while this connection was being opened
+                self._discard(record, stats.CONNECTIONS_CLOSED)
+                return
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -557,7 +579,10 @@ class ConnectionPool:
         """Close idle connections now and leased ones when they come back; refuse new leases."""
         with self._lock:
             self._closed = True
-            idle, self._idle = list(self._idle), collections.deque()
+            # Idle connections, and leaked ones whose holder is gone: nobody will return them.
+            idle = [*self._idle, *self._leaked]
+            self._idle, self._leaked = collections.deque(), collections.deque()
+            self._leased.difference_update(idle)
             waiters, self._waiters = list(self._waiters), collections.deque()
             self._size -= len(idle)
             for waiter in waiters:
@@ -585,6 +610,8 @@ class ConnectionPool:
             record.handle_ref = record.parked_for = None
             _detach_socket(record.conn)
         self._init_state()
+        if self.tracker is not None:
+            self.tracker.queries.after_fork()
 
     # -- introspection ----------------------------------------------------------------
 
@@ -680,7 +707,13 @@ def _leak_callback(pool: ConnectionPool, record: ConnectionRecord) -> Callable[[
         owner = pool_ref()
         if owner is not None and record.handle_ref is not None:
             record.handle_ref = None
-            owner._leaked.append(record)
+            if owner._closed and owner._pid == os.getpid():
+                try:  # a closed pool recovers nothing: just hang up
+                    record.conn.close()
+                except Exception:  # pragma: no cover
+                    pass
+            else:
+                owner._leaked.append(record)
 
     return handle_lost
 

@@ -95,6 +95,10 @@ class QueryStats:
             for shape, (count, total, longest, rows) in items[:n]
         ]
 
+    def after_fork(self) -> None:
+        # Another thread may have held the lock at the fork: the child's copy stays locked.
+        self._lock = threading.Lock()
+
     def __len__(self) -> int:
         return len(self._entries)
 

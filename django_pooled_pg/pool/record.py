@@ -19,7 +19,7 @@ class ConnectionRecord:
         "conn", "backend_pid", "opened_at", "expires_at", "idle_since", "uses", "dirty",
         "init_sql", "isolation_level", "handle_ref", "leased_at", "lease_stack", "holder",
         "cursor_stack", "execute_stack", "last_query", "query_started", "query_ended",
-        "leak_warned", "idle_tx_warned", "on_handle_lost", "parked_for", "poller", "deallocate", "__weakref__",
+        "leak_warned", "idle_tx_warned", "on_handle_lost", "parked_for", "poller", "deallocate", "encoding", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, conn: Any, opened_at: float, expires_at: float, init_sql: str) -> None:
@@ -41,6 +41,7 @@ class ConnectionRecord:
         self.init_sql = init_sql
         #: psycopg2's isolation level as configure() left it: the baseline checkin restores
         self.isolation_level = conn.isolation_level
+        self.encoding = conn.encoding
         self.handle_ref: weakref.ref[Any] | None = None
         self.on_handle_lost: Any = None  # the weakref callback, made once per connection
         #: while idle: the handle that parked it and may resume it (see handles.py)

@@ -36,16 +36,20 @@ _SAFE_FIRST_WORDS = frozenset(
     "CALL DO".split()
 )
 
-#: Inside an otherwise safe statement: temporary objects, session-level advisory locks
-#: (the xact ones end with the transaction), GUC changes through set_config() or a SET
-#: in a DO/CALL body, ROLE/AUTHORIZATION changes, LISTEN, cursors, prepared statements.
+#: Inside an otherwise safe statement: temporary objects (TEMP, pg_temp), session-level
+#: advisory locks (the xact ones end with the transaction), GUCs through set_config() or
+#: RESET, ROLE/AUTHORIZATION changes, LISTEN, cursors, prepared statements.
 _RISKY_WORDS = (
-    r"\btemp(?:orary)?\b|advisory_lock|set_config|\bset\s+(?:session\s+)?(?:role|authorization)"
-    r"|\blisten\b|\bdeclare\b|\bprepare\b"
+    r"\btemp(?:orary)?\b|\bpg_temp|advisory_lock|set_config|\breset\b"
+    r"|\bset\s+(?:session\s+)?(?:role|authorization)|\blisten\b|\bdeclare\b|\bprepare\b"
 )
-_RISKY = re.compile(_RISKY_WORDS + r"|\bset\s+(?!local\b)\w+\s*(?:=|to\b)", re.IGNORECASE)
+#: A SET that is not SET LOCAL nor an upsert's "DO UPDATE SET" (inside DO bodies, say).
+_RISKY = re.compile(_RISKY_WORDS + r"|(?<!update\s)\bset\s+(?!local\b)", re.IGNORECASE)
 #: In an UPDATE, "SET col = value" is the statement's own clause, not a GUC change.
 _RISKY_IN_UPDATE = re.compile(_RISKY_WORDS, re.IGNORECASE)
+#: String literals and quoted identifiers, removed before looking for a second statement.
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+_SECOND_STATEMENT = re.compile(r";\s*\S")
 _FIRST_WORD = re.compile(r"\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*\(*\s*([A-Za-z]+)", re.DOTALL)
 
 
@@ -78,4 +82,7 @@ def may_change_session_uncached(sql: str) -> bool:
     if first not in _SAFE_FIRST_WORDS:
         return True
     risky = _RISKY_IN_UPDATE if first == "UPDATE" else _RISKY
-    return risky.search(sql) is not None
+    if risky.search(sql) is not None:
+        return True
+    # "SELECT 1; RESET ROLE": only the first statement was looked at above.
+    return ";" in sql and _SECOND_STATEMENT.search(_QUOTED.sub("", sql)) is not None
