@@ -234,3 +234,29 @@ class DemoTests(SimpleTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("100 requests from", result.stdout)
         self.assertIn("Pool of each gunicorn worker", result.stdout)
+
+
+class ProgrammaticConfigTests(SimpleTestCase):
+    databases = {"default"}
+
+    def test_configure_pool_rejects_bad_options_at_once_and_keeps_the_old_ones(self):
+        from django_pooled_pg.conf import configure_pool, reset_pool_config
+
+        self.addCleanup(reset_pool_config, "default")
+        configure_pool("default", max_size=4)
+        with self.assertRaisesMessage(ImproperlyConfigured, "max_size must be at least 1"):
+            configure_pool("default", max_size=0)
+        connection.close()
+        self.assertEqual(connection.database.pool.config.max_size, 4)
+
+    def test_close_pools_closes_every_pool_and_new_leases_get_fresh_ones(self):
+        from django_pooled_pg.registry import close_pools
+
+        connection.ensure_connection()
+        old = connection.database.pool
+        connection.close()
+        self.assertGreaterEqual(close_pools(), 1)
+        self.assertTrue(old.closed)
+        connection.ensure_connection()
+        self.assertIsNot(connection.database.pool, old)
+        connection.close()
