@@ -62,7 +62,6 @@ import statistics
 import sys
 import threading
 import time
-from urllib.parse import unquote, urlsplit
 
 from asgiref.local import Local
 
@@ -117,18 +116,10 @@ def pin_processes(mode: str, datadir: str | None) -> str:
 
 
 def database_entry(url: str, engine: str, app: str, **extra: object) -> dict:
-    parts = urlsplit(url)
+    from testproject.dburl import database_from_url
+
     options = {"application_name": APP_PREFIX + app, **extra.pop("OPTIONS", {})}  # type: ignore[dict-item]
-    return {
-        "ENGINE": engine,
-        "NAME": unquote(parts.path.lstrip("/")) or "postgres",
-        "USER": unquote(parts.username or ""),
-        "PASSWORD": unquote(parts.password or ""),
-        "HOST": parts.hostname or "",
-        "PORT": str(parts.port or ""),
-        "OPTIONS": options,
-        **extra,
-    }
+    return database_from_url(url, engine=engine, OPTIONS=options, **extra)
 
 
 CONTENDERS: dict[str, dict] = {}

@@ -1,6 +1,11 @@
 """Settings for the test suite: the testproject's apps, one pooled alias on $DATABASE_URL."""
 
+import warnings
+
 from testproject.dburl import database_from_url
+
+# Tests override DATABASES on purpose (fresh pools); Django warns that it rebuilds nothing.
+warnings.filterwarnings("ignore", "Overriding setting DATABASES", UserWarning)
 
 SECRET_KEY = "tests-only"
 INSTALLED_APPS = [

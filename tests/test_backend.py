@@ -4,7 +4,6 @@ import os
 import socket
 import subprocess
 import sys
-import warnings
 
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
@@ -142,8 +141,7 @@ class EngineTests(SimpleTestCase):
         old_pid = query(connection.connection, "SELECT pg_backend_pid()")[0][0]
         connection.close()
         databases = {"default": settings_for(OPTIONS={"pool": {"max_size": 3}})}
-        with warnings.catch_warnings(), override_settings(DATABASES=databases):
-            warnings.simplefilter("ignore")  # Django warns that it rebuilds no connection
+        with override_settings(DATABASES=databases):
             self.assertTrue(old_pool.closed)
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_backend_pid()")

@@ -90,34 +90,27 @@ class SessionResetTests(PoolTestCase):
         self.assertEqual(query(handle, "SELECT count(*) FROM pg_cursors"), [(0,)])
         handle.close()
 
-    def test_open_transaction_is_rolled_back(self):
+    def assert_uncommitted_insert_is_gone(self, begin):
         pool = self.make_pool(max_size=1)
         handle = pool.checkout()
         query(handle, "CREATE TABLE IF NOT EXISTS reset_probe (a int)")
         query(handle, "TRUNCATE reset_probe")
-        handle.autocommit = False
+        begin(handle)
         query(handle, "INSERT INTO reset_probe VALUES (1)")
         handle.close()  # never committed
         handle = pool.checkout()
-        self.assertEqual(handle.info.transaction_status, psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+        self.assertEqual(handle.get_transaction_status(), psycopg2.extensions.TRANSACTION_STATUS_IDLE)
         self.assertTrue(handle.autocommit)
         self.assertEqual(query(handle, "SELECT count(*) FROM reset_probe"), [(0,)])
         query(handle, "DROP TABLE reset_probe")
         handle.close()
 
+    def test_open_transaction_is_rolled_back(self):
+        self.assert_uncommitted_insert_is_gone(lambda handle: setattr(handle, "autocommit", False))
+
     def test_transaction_begun_as_sql_in_autocommit_is_rolled_back(self):
         # psycopg2's rollback() does nothing in autocommit mode: the pool must not rely on it.
-        pool = self.make_pool(max_size=1)
-        handle = pool.checkout()
-        query(handle, "CREATE TABLE IF NOT EXISTS sql_begin_probe (a int)")
-        query(handle, "BEGIN")
-        query(handle, "INSERT INTO sql_begin_probe VALUES (1)")
-        handle.close()
-        handle = pool.checkout()
-        self.assertEqual(handle.get_transaction_status(), 0)
-        self.assertEqual(query(handle, "SELECT count(*) FROM sql_begin_probe"), [(0,)])
-        query(handle, "DROP TABLE sql_begin_probe")
-        handle.close()
+        self.assert_uncommitted_insert_is_gone(lambda handle: query(handle, "BEGIN"))
 
     def test_failed_sql_transaction_in_autocommit_is_rolled_back(self):
         pool = self.make_pool(max_size=1)
