@@ -34,9 +34,31 @@ def find_bindir() -> str:
             return bindir
     if shutil.which("initdb"):
         return os.path.dirname(shutil.which("initdb"))  # type: ignore[arg-type]
+    if _install_server_binaries():
+        return find_bindir()
     raise RuntimeError(
-        "no PostgreSQL server binaries found: install postgresql (Debian) or set PG_BINDIR"
+        "no PostgreSQL server binaries (initdb, pg_ctl) found: install them "
+        "(Debian: apt-get install postgresql), set PG_BINDIR, or set DATABASE_URL"
     )
+
+
+def _install_server_binaries() -> bool:
+    """On a fresh Debian machine, as root: apt-get install postgresql (once).
+
+    The README's two commands promise to do all the set-up; DPP_NO_INSTALL=1 turns it off.
+    """
+    if os.environ.get("DPP_NO_INSTALL") or os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    if glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        return False
+    print("PostgreSQL server binaries missing: apt-get install postgresql", flush=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+    result = subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "postgresql"], check=False, env=env,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    return result.returncode == 0 and bool(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
 
 
 def _free_port() -> int:
