@@ -7,11 +7,11 @@ from typing import Any
 
 import psycopg2.extras
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DEFAULT_DB_ALIAS
-from django.db.backends.signals import connection_created
-from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
 from django.core.handlers.base import BaseHandler
+from django.db import DEFAULT_DB_ALIAS
+from django.db.backends.base.base import NO_DB_ALIAS, BaseDatabaseWrapper
 from django.db.backends.postgresql import base as postgresql
+from django.db.backends.signals import connection_created
 from django.utils.functional import cached_property
 
 from . import conf, registry, signals  # noqa: F401 (signals: fresh pools on DATABASES change)
@@ -52,7 +52,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
         super().__init__(settings_dict, alias)
-        self.pool_config  # a bad option fails here, at the first connections[alias] access
+        if alias != NO_DB_ALIAS:  # a bad option fails here, at the first connections[alias] access
+            conf.pool_config(alias, settings_dict)
 
     @property
     def pool_config(self) -> PoolConfig | None:

@@ -97,4 +97,4 @@ def reset_pool_config(alias: str | None = None) -> None:
     _changed()
     for name in aliases:
         if _overrides.pop(name, None) is not None:
-            close_pools(lambda pool: pool.name.startswith(f"{name}:"))
+            close_pools(lambda pool, name=name: pool.name.startswith(f"{name}:"))

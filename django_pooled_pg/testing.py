@@ -120,7 +120,9 @@ class Cluster:
         return self
 
     def start(self) -> None:
-        result = self._pg("pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "start", check=False)
+        result = self._pg(
+            "pg_ctl", "-D", self.datadir, "-l", self.logfile, "-w", "start", check=False
+        )
         if result.returncode != 0:
             raise RuntimeError(f"pg_ctl start failed: {result.stderr}\n{self.log_tail()}")
 

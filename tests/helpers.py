@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import time
 import unittest
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import psycopg2
 from django.db import connections

@@ -8,7 +8,7 @@ import sys
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished, request_started
-from django.db import connection, connections
+from django.db import connection
 from django.test import SimpleTestCase, override_settings
 
 from django_pooled_pg.base import DatabaseWrapper
@@ -170,7 +170,9 @@ class SettingsCheckTests(SimpleTestCase):
         result = run_python(code)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("ImproperlyConfigured", result.stderr)
-        self.assertIn("DATABASES['default']['OPTIONS']['pool']: max_size must be at least 1", result.stderr)
+        self.assertIn(
+            "DATABASES['default']['OPTIONS']['pool']: max_size must be at least 1", result.stderr
+        )
 
     def test_manage_py_check_reports_bad_option(self):
         result = run_python(

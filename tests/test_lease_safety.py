@@ -155,7 +155,9 @@ class LeakRecoveryTests(PooledAliasTestCase):
             connection.database.pool.run_maintenance()
         connection.ensure_connection()
         self.assertEqual(
-            query(connection.connection, "SELECT count(*) FROM pg_class WHERE relname = 'leaked_tx'"),
+            query(
+                connection.connection, "SELECT count(*) FROM pg_class WHERE relname = 'leaked_tx'"
+            ),
             [(0,)],
         )
 

@@ -92,6 +92,7 @@ class ParkingTests(PooledAliasTestCase):
 
         self.request(dirty)
         self.assertIsNone(connection.connection, "a dirty lease is closed, not parked")
+
         def show():
             connection.ensure_connection()
             return query(connection.connection, "SHOW search_path")

@@ -152,7 +152,9 @@ class LifetimeTests(PoolTestCase):
     def test_max_lifetime_expires_with_jitter(self):
         pool = self.make_pool(max_lifetime=100.0, max_size=20)
         handles = [pool.checkout() for _ in range(20)]
-        expiries = {round(handle.record.expires_at - handle.record.opened_at, 3) for handle in handles}
+        expiries = {
+            round(handle.record.expires_at - handle.record.opened_at, 3) for handle in handles
+        }
         self.assertTrue(all(90.0 <= expiry <= 100.0 for expiry in expiries))
         self.assertGreater(len(expiries), 1, "connections must not all expire together")
         for handle in handles:

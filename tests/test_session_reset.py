@@ -99,7 +99,9 @@ class SessionResetTests(PoolTestCase):
         query(handle, "INSERT INTO reset_probe VALUES (1)")
         handle.close()  # never committed
         handle = pool.checkout()
-        self.assertEqual(handle.get_transaction_status(), psycopg2.extensions.TRANSACTION_STATUS_IDLE)
+        self.assertEqual(
+            handle.get_transaction_status(), psycopg2.extensions.TRANSACTION_STATUS_IDLE
+        )
         self.assertTrue(handle.autocommit)
         self.assertEqual(query(handle, "SELECT count(*) FROM reset_probe"), [(0,)])
         query(handle, "DROP TABLE reset_probe")
@@ -171,7 +173,9 @@ class SessionResetTests(PoolTestCase):
         handle.close()
 
     def test_user_prepared_statements_are_deallocated(self):
-        self.lease_twice(["PREPARE mine AS SELECT 1"], "SELECT count(*) FROM pg_prepared_statements")
+        self.lease_twice(
+            ["PREPARE mine AS SELECT 1"], "SELECT count(*) FROM pg_prepared_statements"
+        )
 
     def test_prepared_inside_a_do_block_is_deallocated(self):
         self.lease_twice(
@@ -259,7 +263,7 @@ class ResetSkipTests(PoolTestCase):
             "CREATE TABLE t (a int)",
             "WITH x AS (SELECT 1) SELECT * FROM x",
             'SELECT "templates"."id" FROM "templates"',
-            'INSERT INTO t (a) VALUES (1) ON CONFLICT (a) DO UPDATE SET a = EXCLUDED.a',
+            "INSERT INTO t (a) VALUES (1) ON CONFLICT (a) DO UPDATE SET a = EXCLUDED.a",
             "SELECT 'a;b' FROM t",
             'SELECT "x;y" FROM t;',
             "SELECT pg_advisory_xact_lock(1)",

@@ -5,11 +5,11 @@ import threading
 import time
 
 from django.db import DatabaseError, connection, connections, transaction
+from shop.models import Category
 
 from django_pooled_pg.pool import stats as S
 from django_pooled_pg.pool.querystats import QueryStats, normalize
 from django_pooled_pg.pool.tracker import format_table
-from shop.models import Category
 
 from .helpers import PoolTestCase, admin_connection, query, wait_until
 from .test_lease_safety import PooledAliasTestCase
@@ -228,7 +228,9 @@ class QueryStatisticsTests(PoolTestCase):
             handle = pool.checkout()
             for i in range(per_thread):
                 values = ", ".join(str(v) for v in range(i % 7 + 1))  # IN lists of 1..7
-                query(handle, f"SELECT count(*) FROM generate_series(1, 10) g WHERE g IN ({values})")
+                query(
+                    handle, f"SELECT count(*) FROM generate_series(1, 10) g WHERE g IN ({values})"
+                )
                 query(handle, "SELECT %s::int + 1", [n * i])
             handle.close()
 

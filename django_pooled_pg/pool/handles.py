@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectionReturned
 from .session import may_change_session, may_prepare
@@ -29,6 +30,7 @@ def _guarded(method: Any, check: Any) -> Any:
         return method(*args, **kwargs)
 
     return call
+
 
 _RETURNED = (
     "this connection handle's lease has ended (it was returned to the pool, or the process "
@@ -172,7 +174,11 @@ class ConnectionHandle:
         return value
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name == "on_new_connection" or name == "find_pool" or isinstance(ConnectionHandle.__dict__.get(name), property):
+        if (
+            name == "on_new_connection"
+            or name == "find_pool"
+            or isinstance(ConnectionHandle.__dict__.get(name), property)
+        ):
             object.__setattr__(self, name, value)
         else:
             setattr(self._live(), name, value)

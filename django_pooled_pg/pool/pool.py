@@ -12,7 +12,8 @@ import random
 import threading
 import time
 import weakref
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import psycopg2
 import psycopg2.extensions

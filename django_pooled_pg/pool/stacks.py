@@ -5,8 +5,8 @@ from __future__ import annotations
 import linecache
 import os
 import sys
+from collections.abc import Iterable, Sequence
 from types import CodeType, FrameType
-from typing import Iterable, Sequence
 
 __all__ = ["Stack", "capture", "format_stack"]
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import psycopg2.extensions
 
@@ -52,7 +53,12 @@ class Tracker:
             record.cursor_stack = capture(3, _QUERY_STACK_FRAMES)
 
     def run(
-        self, record: ConnectionRecord, method: Callable[..., Any], query: Any, args: Any, cursor: Any
+        self,
+        record: ConnectionRecord,
+        method: Callable[..., Any],
+        query: Any,
+        args: Any,
+        cursor: Any,
     ) -> Any:
         """Run ``method(query, args)`` timed, noting the query and where it ran."""
         record.last_query = query
@@ -100,9 +106,15 @@ class Tracker:
             "leases": record.uses,
             "held_s": now - record.leased_at if leased else None,
             "last_query": _text(record.last_query),
-            "leased_at": first_user_frame(record.lease_stack) if leased and record.lease_stack else None,
-            "lease_stack": format_stack(record.lease_stack) if leased and record.lease_stack else None,
-            "cursor_stack": format_stack(record.cursor_stack) if leased and record.cursor_stack else None,
+            "leased_at": first_user_frame(record.lease_stack)
+            if leased and record.lease_stack
+            else None,
+            "lease_stack": format_stack(record.lease_stack)
+            if leased and record.lease_stack
+            else None,
+            "cursor_stack": format_stack(record.cursor_stack)
+            if leased and record.cursor_stack
+            else None,
             "execute_stack": (
                 format_stack(record.execute_stack) if leased and record.execute_stack else None
             ),
@@ -205,4 +217,3 @@ def _short_path(where: str) -> str:
     path, _, rest = where.partition(":")
     parts = path.split("/")
     return "/".join(parts[-2:]) + ":" + rest
-
