@@ -7,11 +7,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectionReturned
-from .session import may_change_session, may_prepare
+from .session import _verdicts, may_change_session, may_prepare
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
     from .record import ConnectionRecord
+    from .tracker import Tracker
 
 __all__ = ["ConnectionHandle", "PooledCursor"]
 
@@ -199,16 +200,22 @@ class PooledCursor:
     """A psycopg2 cursor that refuses work once its lease has ended, and notes statements
     that may change session state so that the return knows whether a full reset is due."""
 
-    __slots__ = ("_cursor", "_handle", "_lease")
+    __slots__ = ("_cursor", "_handle", "_lease", "_record", "_tracker")
 
     _cursor: Any
     _handle: ConnectionHandle
     _lease: int
+    _record: ConnectionRecord
+    _tracker: Tracker | None
 
     def __init__(self, handle: ConnectionHandle, cursor: Any) -> None:
-        object.__setattr__(self, "_handle", handle)
-        object.__setattr__(self, "_cursor", cursor)
-        object.__setattr__(self, "_lease", handle._lease)
+        # Fixed for the cursor's life: its lease number pins it to one record.
+        setattr_ = object.__setattr__
+        setattr_(self, "_handle", handle)
+        setattr_(self, "_cursor", cursor)
+        setattr_(self, "_lease", handle._lease)
+        setattr_(self, "_record", handle._record)
+        setattr_(self, "_tracker", handle._pool.tracker)
 
     def _live(self) -> Any:
         if self._lease != self._handle._lease:
@@ -216,17 +223,20 @@ class PooledCursor:
         return self._cursor
 
     def _note(self, query: Any) -> None:
-        record = self._handle._record
-        if record.deallocate:
-            return  # the fullest reset is due already
+        record = self._record
+        if type(query) is str:
+            verdict = _verdicts.get(query)
+            if verdict is None:
+                verdict = may_change_session(query)
+            if verdict:
+                record.dirty = True
+                if may_prepare(query):
+                    record.deallocate = True
+            return
         if isinstance(query, bytes):
-            query = query.decode("utf-8", "replace")
-        if not isinstance(query, str):
+            self._note(query.decode("utf-8", "replace"))
+        else:  # psycopg2.sql.Composed and the like: assume the worst
             record.dirty = record.deallocate = True
-        elif may_change_session(query):
-            record.dirty = True
-            if may_prepare(query):
-                record.deallocate = True
 
     def execute(self, query: Any, vars: Any = None) -> None:
         self._run(self._live().execute, query, vars)
@@ -243,19 +253,18 @@ class PooledCursor:
     def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
         cursor = self._live()
         self._note(sql)
-        tracker = self._handle._pool.tracker
+        tracker = self._tracker
         if tracker is None:
             cursor.copy_expert(sql, file, size)
         else:
-            tracker.run(self._handle._record, lambda q, f: cursor.copy_expert(q, f, size),
+            tracker.run(self._record, lambda q, f: cursor.copy_expert(q, f, size),
                         sql, file, cursor)  # fmt: skip
 
     def _run(self, method: Any, query: Any, args: Any) -> Any:
-        handle = self._handle
-        record = handle._record
-        if not record.deallocate:
+        record = self._record
+        if not record.deallocate:  # else the fullest reset is due already
             self._note(query)
-        tracker = handle._pool.tracker
+        tracker = self._tracker
         if tracker is None:
             return method(query, args)
         return tracker.run(record, method, query, args, self._cursor)

@@ -41,15 +41,17 @@ class QueryStats:
         self.evictions = 0
 
     def add(self, sql: Any, seconds: float, rows: int) -> None:
-        if not isinstance(sql, str):
-            sql = sql.decode("utf-8", "replace") if isinstance(sql, bytes) else str(sql)
-        shape = self._shapes.get(sql)
+        shape = self._shapes.get(sql)  # str or bytes: both hash
         if shape is None:
-            shape = normalize(sql)
+            text = sql
+            if not isinstance(text, str):
+                text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+            shape = normalize(text)
             if len(self._shapes) >= 4 * self.max_statements:
                 self._shapes.clear()
             self._shapes[sql] = shape
-        rows = max(rows, 0)
+        if rows < 0:
+            rows = 0
         with self._lock:
             entry = self._entries.get(shape)
             if entry is None:
