@@ -1,0 +1,781 @@
+#!/usr/bin/env python
+"""django_pooled_pg against the alternatives (issue #6): one command, everything set up.
+
+    python bench/alternatives.py [--rounds 7] [--seconds 2] [--pin same|none]
+                                 [--only NAME ...] [--replot]
+
+Contenders, each in its own worker process (its own interpreter / virtualenv):
+
+1. unpooled       psycopg2, django.db.backends.postgresql, CONN_MAX_AGE=0
+2. persistent     psycopg2, CONN_MAX_AGE=None
+3. pooled         django_pooled_pg, defaults (OPTIONS={"pool": {}})
+4. django_pool    Django's own pool on psycopg 3 (OPTIONS={"pool": {"min_size": 2,
+                  "max_size": 8}}), venv bench/.venvs/psycopg3 (Django + psycopg[binary,pool])
+5. dbcp           django-db-connection-pool (ENGINE dj_db_conn_pool.backends.postgresql,
+                  psycopg2, its defaults: SQLAlchemy QueuePool, pool_size 10, max_overflow 10,
+                  pre_ping on), venv bench/.venvs/dbcp
+6. pgbouncer      PgBouncer (Debian package, pool_mode=transaction, auth_type=any,
+                  default_pool_size 8) in front of unpooled psycopg2 (CONN_MAX_AGE=0)
+
+Missing venvs are created with pip, PgBouncer with apt-get; a contender that cannot be set up
+is skipped with the reason printed.
+
+Two workloads, one thread each: "cycle" = request_started -> cursor SELECT 1 -> request_finished
+(as bench/request_cycle.py); "orm" = request_started -> three Category.objects.get(pk=...)
+(testproject/shop, 300 rows) -> request_finished. The coordinator runs rounds
+A B C D E F A B C ... (workload by workload inside a round); each worker times its requests
+one by one (elapsed, p50, p99). Every contender connects as its own database role
+(bench_<name>), and a sampler thread counts server sessions per role in pg_stat_activity every
+10 ms: the maximum is reported (for PgBouncer: its server connections).
+
+CPU placement (--pin same, default): the cluster, PgBouncer and every worker share one CPU (as
+request_cycle.py --pin same: stable, and the client's Python cost shows); the coordinator and
+the sampler's server session sit on the other CPU.
+
+Results: a table on stdout, bench/results/alternatives.json and
+bench/results/alternatives-throughput.png, bench/results/alternatives-latency.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+VENVS = os.path.join(HERE, ".venvs")
+RESULTS = os.path.join(HERE, "results")
+ORM_ROWS = 300
+WORKLOADS = ["cycle", "orm"]
+ORDER = ["unpooled", "persistent", "pooled", "django_pool", "dbcp", "pgbouncer"]
+LABELS = {
+    "unpooled": "unpooled psycopg2 (CONN_MAX_AGE=0)",
+    "persistent": "persistent psycopg2 (CONN_MAX_AGE=None)",
+    "pooled": "django_pooled_pg (defaults)",
+    "django_pool": "Django pool, psycopg 3 (min 2, max 8)",
+    "dbcp": "django-db-connection-pool (defaults)",
+    "pgbouncer": "PgBouncer (transaction) + unpooled psycopg2",
+}
+SHORT = {
+    "unpooled": "unpooled",
+    "persistent": "persistent",
+    "pooled": "django_pooled_pg",
+    "django_pool": "Django pool (psycopg 3)",
+    "dbcp": "django-db-conn-pool",
+    "pgbouncer": "PgBouncer + unpooled",
+}
+
+
+# =========================================================================================
+# worker: runs inside the contender's interpreter; speaks JSON lines on stdin/stdout
+# =========================================================================================
+
+
+def worker_main(config: dict) -> int:
+    proto = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # anything else printed goes to stderr, never into the protocol
+    sys.stdout = sys.stderr
+    if config.get("cpu") is not None and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {config["cpu"]})
+    sys.path.insert(0, os.path.join(ROOT, "testproject"))
+    if config["name"] == "pooled":
+        sys.path.insert(0, ROOT)
+
+    import django
+    from django.conf import settings
+
+    apps = ["django.contrib.contenttypes", "shop"]
+    if config["name"] == "pooled":
+        apps.insert(0, "django_pooled_pg")
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="bench",
+        USE_TZ=True,
+        TIME_ZONE="UTC",
+        INSTALLED_APPS=apps,
+        DATABASES={"default": config["database"]},
+    )
+    django.setup()
+    from django.core.signals import request_finished, request_started
+    from django.db import connections
+    from shop.models import Category
+
+    def cycle() -> None:
+        request_started.send(sender=None)
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        request_finished.send(sender=None)
+
+    request_started.send(sender=None)
+    keys = list(Category.objects.order_by("pk").values_list("pk", flat=True)[:ORM_ROWS])
+    request_finished.send(sender=None)
+    if len(keys) < 3:
+        raise SystemExit("worker: the shop_category table is empty")
+    counter = [0]
+
+    def orm() -> None:
+        i = counter[0]
+        counter[0] = i + 1
+        n = len(keys)
+        request_started.send(sender=None)
+        objects = Category.objects
+        objects.get(pk=keys[i % n])
+        objects.get(pk=keys[(i + 101) % n])
+        objects.get(pk=keys[(i + 203) % n])
+        request_finished.send(sender=None)
+
+    cycles = {"cycle": cycle, "orm": orm}
+    versions = {"python": platform.python_version(), "django": django.__version__}
+    try:
+        import psycopg2
+
+        versions["psycopg2"] = psycopg2.__version__.split()[0]
+    except ImportError:
+        pass
+    try:
+        import psycopg
+
+        versions["psycopg"] = psycopg.__version__
+        import psycopg_pool
+
+        versions["psycopg_pool"] = psycopg_pool.__version__
+    except ImportError:
+        pass
+    try:
+        from importlib.metadata import version
+
+        versions["django-db-connection-pool"] = version("django-db-connection-pool")
+        versions["sqlalchemy"] = version("sqlalchemy")
+    except Exception:
+        pass
+    proto.write(json.dumps({"ready": True, "versions": versions}) + "\n")
+
+    perf = time.perf_counter_ns
+    for line in sys.stdin:
+        command = json.loads(line)
+        if command.get("quit"):
+            break
+        run = cycles[command["workload"]]
+        for _ in range(command.get("warmup", 20)):
+            run()
+        latencies: list[int] = []
+        append = latencies.append
+        start = perf()
+        deadline = start + int(command["seconds"] * 1e9)
+        while True:
+            t0 = perf()
+            run()
+            t1 = perf()
+            append(t1 - t0)
+            if t1 >= deadline:
+                break
+        elapsed = (perf() - start) / 1e9
+        latencies.sort()
+        count = len(latencies)
+        proto.write(
+            json.dumps(
+                {
+                    "count": count,
+                    "elapsed": elapsed,
+                    "rps": count / elapsed,
+                    "p50_us": latencies[count // 2] / 1e3,
+                    "p99_us": latencies[min(count - 1, int(count * 0.99))] / 1e3,
+                }
+            )
+            + "\n"
+        )
+    connections.close_all()
+    return 0
+
+
+# =========================================================================================
+# coordinator
+# =========================================================================================
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ensure_venv(name: str, packages: list[str], check: str) -> tuple[str | None, str]:
+    """bench/.venvs/<name> with ``packages``; (python, '') or (None, reason)."""
+    import django
+
+    path = os.path.join(VENVS, name)
+    python = os.path.join(path, "bin", "python")
+    probe = [python, "-c", check]
+    if os.path.exists(python) and subprocess.run(probe, capture_output=True).returncode == 0:
+        return python, ""
+    log(f"setting up {path} ({', '.join(packages)}) ...")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", path], check=True, capture_output=True)
+        pins = [f"django=={django.__version__}", *packages]
+        result = subprocess.run(
+            [python, "-m", "pip", "install", "-q", *pins], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            return None, f"pip install failed: {result.stderr.strip().splitlines()[-1:]}"
+    except (OSError, subprocess.CalledProcessError) as error:
+        return None, f"venv creation failed: {error}"
+    if subprocess.run(probe, capture_output=True).returncode != 0:
+        return None, f"{check!r} fails in {path}"
+    return python, ""
+
+
+def ensure_pgbouncer() -> tuple[str | None, str]:
+    binary = shutil.which("pgbouncer") or (
+        "/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None
+    )
+    if binary:
+        return binary, ""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return None, "pgbouncer not installed and apt-get not usable (not root or no apt)"
+    log("installing pgbouncer with apt-get ...")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "pgbouncer"]
+    result = subprocess.run(install, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+        result = subprocess.run(install, capture_output=True, text=True, env=env)
+    if result.returncode != 0:
+        return None, "apt-get install pgbouncer failed: " + result.stderr.strip()[-200:]
+    binary = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    return (binary, "") if os.path.exists(binary) else (None, "pgbouncer binary not found")
+
+
+def postmaster_pids(datadir: str) -> list[int]:
+    with open(os.path.join(datadir, "postmaster.pid")) as pidfile:
+        postmaster = int(pidfile.readline())
+    pids = [postmaster]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == postmaster:
+                pids.append(int(entry))
+    return pids
+
+
+class PgBouncer:
+    def __init__(self, binary: str, cluster, pool_size: int = 8) -> None:
+        self.port = free_port()
+        self.ini = os.path.join(cluster.base, "pgbouncer.ini")
+        self.logfile = os.path.join(cluster.base, "pgbouncer.log")
+        with open(self.ini, "w") as ini:
+            ini.write(
+                "[databases]\n"
+                f"bench = host=127.0.0.1 port={cluster.port} dbname=postgres "
+                "user=bench_pgbouncer\n"
+                "[pgbouncer]\n"
+                f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+                "auth_type = any\npool_mode = transaction\n"
+                f"default_pool_size = {pool_size}\nmax_client_conn = 200\n"
+                f"logfile = {self.logfile}\npidfile =\n"
+                "ignore_startup_parameters = extra_float_digits,options\n"
+                "log_connections = 0\nlog_disconnections = 0\n"
+            )
+        run_as: dict = {}
+        if os.geteuid() == 0:  # pgbouncer refuses to run as root, like PostgreSQL
+            stat = os.stat(cluster.base)
+            run_as = {"user": stat.st_uid, "group": stat.st_gid}
+            os.chown(self.ini, stat.st_uid, stat.st_gid)
+        self.process = subprocess.Popen(
+            [binary, self.ini], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **run_as
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"pgbouncer exited: {self.process.stderr.read().decode()[-300:]} "
+                    f"{self.log_tail()}"
+                )
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("pgbouncer did not start listening")
+
+    def log_tail(self) -> str:
+        try:
+            with open(self.logfile) as f:
+                return "".join(f.readlines()[-5:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+class Sampler(threading.Thread):
+    """Server sessions per role bench_<name>, maximum per role (every ``interval`` s)."""
+
+    def __init__(self, dsn: dict, server_cpu_other: int | None, interval: float = 0.01):
+        super().__init__(name="session sampler", daemon=True)
+        import psycopg2
+
+        self.conn = psycopg2.connect(**dsn, application_name="bench_alt_sampler")
+        self.conn.autocommit = True
+        if server_cpu_other is not None:  # its backend off the benchmark CPU
+            with self.conn.cursor() as cursor:
+                cursor.execute("SELECT pg_backend_pid()")
+                os.sched_setaffinity(cursor.fetchone()[0], {server_cpu_other})
+        self.interval = interval
+        self.maxima: dict[str, int] = {}
+        self.samples = 0
+        self._stop_event = threading.Event()
+
+    def sample(self) -> None:
+        with self.conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT usename, count(*) FROM pg_stat_activity "
+                "WHERE usename LIKE %s AND backend_type = 'client backend' GROUP BY 1",
+                ["bench\\_%"],
+            )
+            for user, count in cursor.fetchall():
+                name = user[len("bench_") :]
+                if count > self.maxima.get(name, 0):
+                    self.maxima[name] = count
+        self.samples += 1
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.interval):
+            self.sample()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+        self.sample()
+        self.conn.close()
+
+
+class Worker:
+    def __init__(self, name: str, python: str, database: dict, cpu: int | None) -> None:
+        self.name = name
+        config = {"name": name, "database": database, "cpu": cpu}
+        self.stderr = open(os.path.join(RESULTS, f".alternatives-{name}.stderr.tmp"), "w+")
+        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DATABASE_URL")}
+        self.process = subprocess.Popen(
+            [python, os.path.abspath(__file__), "--worker", json.dumps(config)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            text=True,
+            bufsize=1,
+            env=env,
+            cwd="/tmp",  # not the repository: the venvs must not see the source tree
+        )
+        self.hello = self._read()
+        self.versions = self.hello["versions"]
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait()
+            self.stderr.seek(0)
+            raise RuntimeError(f"worker {self.name} died: {self.stderr.read()[-1500:]}")
+        return json.loads(line)
+
+    def run(self, workload: str, seconds: float, warmup: int) -> dict:
+        self.process.stdin.write(
+            json.dumps({"workload": workload, "seconds": seconds, "warmup": warmup}) + "\n"
+        )
+        return self._read()
+
+    def close(self) -> None:
+        try:
+            self.process.stdin.write(json.dumps({"quit": True}) + "\n")
+            self.process.stdin.close()
+            self.process.wait(10)
+        except Exception:
+            self.process.kill()
+            self.process.wait()
+        self.stderr.close()
+
+
+def setup_database(url: str, names: list[str]) -> None:
+    """Roles bench_<name>; contenttypes and shop migrated; ORM_ROWS categories."""
+    sys.path.insert(0, os.path.join(ROOT, "testproject"))
+    import django
+    import psycopg2
+    from django.conf import settings
+    from testproject.dburl import database_from_url
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        for name in names:
+            cursor.execute(
+                f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_{name}')"
+                f" THEN CREATE ROLE bench_{name} LOGIN SUPERUSER; END IF; END $$"
+            )
+    conn.close()
+    settings.configure(
+        SECRET_KEY="bench",
+        USE_TZ=True,
+        TIME_ZONE="UTC",
+        INSTALLED_APPS=["django.contrib.contenttypes", "shop"],
+        DATABASES={"default": database_from_url(url, engine="django.db.backends.postgresql")},
+    )
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connections
+    from shop.models import Category
+
+    call_command("migrate", verbosity=0, interactive=False)
+    missing = ORM_ROWS - Category.objects.count()
+    if missing > 0:
+        Category.objects.bulk_create(Category(name=f"category {i}") for i in range(missing))
+    connections.close_all()
+
+
+def database_entry(cluster, name: str, engine: str, **extra) -> dict:
+    return {
+        "ENGINE": engine,
+        "NAME": "postgres",
+        "USER": f"bench_{name}",
+        "PASSWORD": "",
+        "HOST": "127.0.0.1",
+        "PORT": str(cluster.port),
+        **extra,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (7)")
+    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per run (2)")
+    parser.add_argument("--pin", choices=("same", "none"), default="same")
+    parser.add_argument("--only", action="append", choices=ORDER, help="contenders (repeatable)")
+    parser.add_argument("--replot", action="store_true", help="only redraw the charts")
+    parser.add_argument("--output", default=os.path.join(RESULTS, "alternatives.json"))
+    args = parser.parse_args()
+    if args.worker:
+        return worker_main(json.loads(args.worker))
+    if args.replot:  # charts again from the JSON, no measurement
+        with open(args.output) as f:
+            saved = json.load(f)
+        for path in plot(saved, list(saved["contenders"])):
+            log(f"chart: {os.path.relpath(path, ROOT)}")
+        return 0
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    started = time.monotonic()
+    os.makedirs(RESULTS, exist_ok=True)
+    names = [n for n in ORDER if n in (args.only or ORDER)]
+
+    skipped: dict[str, str] = {}
+    pythons = {n: sys.executable for n in ("unpooled", "persistent", "pooled", "pgbouncer")}
+    if "django_pool" in names:
+        python, why = ensure_venv(
+            "psycopg3", ["psycopg[binary,pool]"], "import django, psycopg, psycopg_pool"
+        )
+        pythons["django_pool"] = python
+        if python is None:
+            skipped["django_pool"] = why
+    if "dbcp" in names:
+        python, why = ensure_venv(
+            "dbcp", ["psycopg2-binary", "django-db-connection-pool"],
+            "import django, psycopg2, dj_db_conn_pool",
+        )  # fmt: skip
+        pythons["dbcp"] = python
+        if python is None:
+            skipped["dbcp"] = why
+    bouncer_binary = None
+    if "pgbouncer" in names:
+        bouncer_binary, why = ensure_pgbouncer()
+        if bouncer_binary is None:
+            skipped["pgbouncer"] = why
+
+    from django_pooled_pg.testing import Cluster
+
+    cluster = Cluster(settings={"timezone": "'UTC'"}).init()
+    cluster.start()
+    log(f"PostgreSQL throwaway cluster on port {cluster.port} ({cluster.bindir})")
+    bouncer = None
+    workers: dict[str, Worker] = {}
+    sampler = None
+    try:
+        setup_database(cluster.url, names)
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        bench_cpu = other_cpu = None
+        if args.pin == "same" and cpus:
+            bench_cpu = cpus[0]
+            other_cpu = cpus[1] if len(cpus) > 1 else None
+            for pid in postmaster_pids(cluster.datadir):
+                os.sched_setaffinity(pid, {bench_cpu})
+            if other_cpu is not None:
+                os.sched_setaffinity(0, {other_cpu})
+        if "pgbouncer" in names and "pgbouncer" not in skipped:
+            try:
+                bouncer = PgBouncer(bouncer_binary, cluster)
+                if bench_cpu is not None:
+                    os.sched_setaffinity(bouncer.process.pid, {bench_cpu})
+            except Exception as error:
+                skipped["pgbouncer"] = f"pgbouncer failed to start: {error}"
+        placement = (
+            f"server, PgBouncer and workers on CPU {bench_cpu}; coordinator/sampler on CPU "
+            f"{other_cpu}" if bench_cpu is not None else "not pinned"
+        )  # fmt: skip
+
+        pg, pooled = "django.db.backends.postgresql", "django_pooled_pg"
+        databases = {
+            "unpooled": database_entry(cluster, "unpooled", pg, CONN_MAX_AGE=0),
+            "persistent": database_entry(cluster, "persistent", pg, CONN_MAX_AGE=None),
+            "pooled": database_entry(cluster, "pooled", pooled, OPTIONS={"pool": {}}),
+            "django_pool": database_entry(
+                cluster, "django_pool", pg, CONN_MAX_AGE=0,
+                OPTIONS={"pool": {"min_size": 2, "max_size": 8}},
+            ),
+            "dbcp": database_entry(
+                cluster, "dbcp", "dj_db_conn_pool.backends.postgresql", CONN_MAX_AGE=0
+            ),
+        }  # fmt: skip
+        if bouncer is not None:
+            databases["pgbouncer"] = {
+                **database_entry(cluster, "pgbouncer", pg, CONN_MAX_AGE=0),
+                "NAME": "bench",
+                "PORT": str(bouncer.port),
+            }
+        for name in names:
+            if name in skipped:
+                continue
+            try:
+                workers[name] = Worker(name, pythons[name], databases[name], bench_cpu)
+            except Exception as error:
+                skipped[name] = str(error)
+        for name, why in skipped.items():
+            log(f"SKIPPED {name}: {why}")
+        active = [n for n in names if n in workers]
+        if not active:
+            return 1
+        sampler = Sampler(
+            {"dbname": "postgres", "user": "postgres", "host": "127.0.0.1", "port": cluster.port},
+            other_cpu if bench_cpu is not None else None,
+        )
+        sampler.start()
+        log(
+            f"{args.rounds} rounds x {len(WORKLOADS)} workloads x {len(active)} contenders x "
+            f"{args.seconds:g} s; {placement}"
+        )
+        runs: dict[str, dict[str, list[dict]]] = {w: {n: [] for n in active} for w in WORKLOADS}
+        for round_index in range(args.rounds):
+            for workload in WORKLOADS:
+                for name in active:
+                    warmup = 3 if name == "unpooled" else 50
+                    runs[workload][name].append(workers[name].run(workload, args.seconds, warmup))
+                log(
+                    f"  round {round_index + 1} {workload:<5} "
+                    + "  ".join(f"{n} {runs[workload][n][-1]['rps']:,.0f}/s" for n in active)
+                )
+        sampler.stop()
+        sessions = {n: sampler.maxima.get(n, 0) for n in active}
+        versions = {n: workers[n].versions for n in active}
+    finally:  # every step on its own: a failure must not leave servers behind
+        for step in [*(w.close for w in workers.values()),
+                     (lambda: sampler is not None and sampler.is_alive() and sampler.stop()),
+                     (lambda: bouncer is not None and bouncer.stop()),
+                     cluster.destroy]:  # fmt: skip
+            try:
+                step()
+            except Exception as error:
+                log(f"cleanup: {error!r}")
+        for name in ORDER:
+            try:
+                os.unlink(os.path.join(RESULTS, f".alternatives-{name}.stderr.tmp"))
+            except OSError:
+                pass
+
+    summary: dict[str, dict[str, dict]] = {}
+    for workload in WORKLOADS:
+        summary[workload] = {}
+        for name in active:
+            rounds = runs[workload][name]
+            summary[workload][name] = {
+                "median_rps": statistics.median(r["rps"] for r in rounds),
+                "min_rps": min(r["rps"] for r in rounds),
+                "max_rps": max(r["rps"] for r in rounds),
+                "p50_us": statistics.median(r["p50_us"] for r in rounds),
+                "p99_us": statistics.median(r["p99_us"] for r in rounds),
+                "rounds": rounds,
+            }
+        for name in active:
+            entry = summary[workload][name]
+            for base in ("unpooled", "persistent"):
+                if base in summary[workload]:
+                    entry[f"vs_{base}"] = (
+                        entry["median_rps"] / summary[workload][base]["median_rps"]
+                    )
+                    entry[f"vs_{base}_per_round"] = [
+                        a["rps"] / b["rps"]
+                        for a, b in zip(runs[workload][name], runs[workload][base], strict=True)
+                    ]
+
+    for workload in WORKLOADS:
+        title = {
+            "cycle": "request cycle: request_started -> cursor SELECT 1 -> request_finished",
+            "orm": "ORM: request_started -> 3 x Category.objects.get(pk=) -> request_finished",
+        }[workload]
+        log(f"\n{title} (median of {args.rounds} rounds; ratios: per-round range)")
+        log(
+            f"  {'contender':<44}{'req/s':>8}{'vs unpooled':>13}{'vs persistent':>22}"
+            f"{'p50 us':>8}{'p99 us':>8}{'sessions':>9}"
+        )
+        for name in active:
+            e = summary[workload][name]
+            vs_u = f"{e['vs_unpooled']:.1f}x" if "vs_unpooled" in e else "-"
+            if "vs_persistent" in e:
+                rng = e["vs_persistent_per_round"]
+                vs_p = f"{e['vs_persistent']:.2f}x ({min(rng):.2f}-{max(rng):.2f})"
+            else:
+                vs_p = "-"
+            log(
+                f"  {LABELS[name]:<44}{e['median_rps']:>8,.0f}{vs_u:>13}{vs_p:>22}"
+                f"{e['p50_us']:>8.0f}{e['p99_us']:>8.0f}{sessions[name]:>9}"
+            )
+    log(
+        "  (sessions: most server sessions of the contender's role seen in pg_stat_activity "
+        f"over the whole run, {sampler.samples} samples)"
+    )
+    for name, why in skipped.items():
+        log(f"  skipped {name}: {why}")
+
+    elapsed = time.monotonic() - started
+    results = {
+        "command": "python bench/alternatives.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "placement": placement,
+        "rounds": args.rounds,
+        "seconds_per_run": args.seconds,
+        "orm_rows": ORM_ROWS,
+        "contenders": {n: LABELS[n] for n in active},
+        "versions": versions,
+        "databases": {n: databases[n] for n in active},
+        "max_server_sessions": sessions,
+        "session_samples": sampler.samples,
+        "workloads": summary,
+        "skipped": skipped,
+        "elapsed_s": elapsed,
+    }
+    with open(args.output, "w") as out:
+        json.dump(results, out, indent=2)
+    log(f"\nresults: {os.path.relpath(args.output, ROOT)}")
+    try:
+        for path in plot(results, active):
+            log(f"chart: {os.path.relpath(path, ROOT)}")
+    except ImportError:
+        log("charts skipped: matplotlib is not installed (pip install matplotlib)")
+    log(f"total time {elapsed:.0f} s")
+    return 0
+
+
+def plot(results: dict, active: list[str]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {
+        "unpooled": "#999999", "persistent": "#4c72b0", "pooled": "#dd8452",
+        "django_pool": "#55a868", "dbcp": "#8172b3", "pgbouncer": "#c44e52",
+    }  # fmt: skip
+    labels = [SHORT[n] for n in active]
+    sub = (
+        f"{results['date']}, {results['cpus']} CPUs, median of {results['rounds']} interleaved "
+        f"rounds x {results['seconds_per_run']:g} s; bars: min..max of rounds"
+    )
+    titles = {"cycle": "request cycle (SELECT 1)", "orm": "3 ORM lookups by pk per request"}
+    paths = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    for ax, workload in zip(axes, WORKLOADS, strict=True):
+        data = results["workloads"][workload]
+        med = [data[n]["median_rps"] for n in active]
+        err = [
+            [m - data[n]["min_rps"] for n, m in zip(active, med, strict=True)],
+            [data[n]["max_rps"] - m for n, m in zip(active, med, strict=True)],
+        ]
+        y = range(len(active))
+        ax.barh(y, med, xerr=err, color=[colors[n] for n in active], capsize=3)
+        ax.set_yticks(list(y), labels)
+        ax.invert_yaxis()
+        ax.set_xlabel("requests/s (one thread)")
+        ax.set_title(titles[workload])
+        top = max(data[n]["max_rps"] for n in active)
+        ax.set_xlim(0, top * 1.45)
+        for i, n in enumerate(active):
+            note = f"{med[i]:,.0f}"
+            if "vs_persistent" in data[n] and n != "persistent":
+                note += f"  ({data[n]['vs_persistent']:.2f}x persistent)"
+            ax.text(data[n]["max_rps"] + top * 0.02, i, note, va="center", fontsize=8.5)
+    fig.suptitle("Django request throughput: django_pooled_pg vs alternatives\n" + sub, fontsize=10)
+    fig.tight_layout()
+    path = os.path.join(RESULTS, "alternatives-throughput.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
+    for ax, workload in zip(axes, WORKLOADS, strict=True):
+        data = results["workloads"][workload]
+        y = list(range(len(active)))
+        p50 = [data[n]["p50_us"] for n in active]
+        p99 = [data[n]["p99_us"] for n in active]
+        h = 0.38
+        ax.barh([i - h / 2 for i in y], p50, h, label="p50", color="#4c72b0")
+        ax.barh([i + h / 2 for i in y], p99, h, label="p99", color="#dd8452")
+        ax.set_xscale("log")
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        ax.set_xlabel("latency per request, us (log scale)")
+        ax.set_title(titles[workload])
+        for i in y:
+            ax.text(p50[i] * 1.05, i - h / 2, f"{p50[i]:,.0f}", va="center", fontsize=8)
+            ax.text(p99[i] * 1.05, i + h / 2, f"{p99[i]:,.0f}", va="center", fontsize=8)
+        ax.set_xlim(min(p50) * 0.5, max(p99) * 3)
+        ax.legend(loc="lower right")
+    sessions = results["max_server_sessions"]
+    fig.suptitle(
+        "Latency per request (median of the per-round p50 and p99)\n"
+        + sub.split("; bars")[0] + "\nmost server sessions: "
+        + ", ".join(f"{SHORT[n]} {sessions[n]}" for n in active),
+        fontsize=9.5,
+    )  # fmt: skip
+    fig.tight_layout()
+    path = os.path.join(RESULTS, "alternatives-latency.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    sys.exit(main())
