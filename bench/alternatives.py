@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """django_pooled_pg against the alternatives (issue #6): one command, everything set up.
 
-    python bench/alternatives.py [--rounds 7] [--seconds 2] [--pin same|none]
+    python bench/alternatives.py [--rounds 7] [--seconds 1.5] [--pin same|none]
                                  [--only NAME ...] [--replot]
 
 Contenders, each in its own worker process (its own interpreter / virtualenv):
@@ -20,13 +20,28 @@ Contenders, each in its own worker process (its own interpreter / virtualenv):
 Missing venvs are created with pip, PgBouncer with apt-get; a contender that cannot be set up
 is skipped with the reason printed.
 
-Two workloads, one thread each: "cycle" = request_started -> cursor SELECT 1 -> request_finished
-(as bench/request_cycle.py); "orm" = request_started -> three Category.objects.get(pk=...)
-(testproject/shop, 300 rows) -> request_finished. The coordinator runs rounds
-A B C D E F A B C ... (workload by workload inside a round); each worker times its requests
-one by one (elapsed, p50, p99). Every contender connects as its own database role
-(bench_<name>), and a sampler thread counts server sessions per role in pg_stat_activity every
-10 ms: the maximum is reported (for PgBouncer: its server connections).
+Workloads (all but threads32: one thread each): "cycle" = request_started -> cursor SELECT 1
+-> request_finished (as bench/request_cycle.py); "orm" = request_started -> three
+Category.objects.get(pk=...) (testproject/shop, 300 rows) -> request_finished. The coordinator
+runs rounds A B C D E F A B C ... (workload by workload inside a round); each worker times its
+requests one by one (elapsed, p50, p99). Every contender connects as its own database role
+(bench_<name>; bench_<name>_t for threads32), and a sampler thread counts server sessions per
+role in pg_stat_activity every 10 ms: the maximum is reported (for PgBouncer: its server
+connections).
+
+More workloads:
+"threads32" = 32 long-lived threads in the worker run the request cycle concurrently (own
+  alias "threads", own role bench_<name>_t): ours OPTIONS={"pool": {"max_size": 8}}, Django pool
+  max_size 8, django-db-connection-pool POOL_OPTIONS POOL_SIZE 8 MAX_OVERFLOW 0, PgBouncer
+  default_pool_size 8; persistent holds 32 sessions, unpooled up to 32. Max sessions must be
+  <= 8 for the pooled ones (printed with OK / OVER).
+"churn" = request cycle then connections.close_all() (code that closes connections itself:
+  Celery tasks, management commands): pooled contenders give back and lease again each time,
+  persistent reconnects each time.
+"join" = one ORM queryset per request over 6 tables (testproject/shop, load_demo_data's rows):
+  OrderLine select_related order__customer, product__category, product__supplier, filtered on
+  customer city, supplier country and order placed >= (varying), ordered by -placed, [:20].
+  Unprepared only: prepared plans are not implemented yet.
 
 CPU placement (--pin same, default): the cluster, PgBouncer and every worker share one CPU (as
 request_cycle.py --pin same: stable, and the client's Python cost shows); the coordinator and
@@ -56,8 +71,37 @@ ROOT = os.path.dirname(HERE)
 VENVS = os.path.join(HERE, ".venvs")
 RESULTS = os.path.join(HERE, "results")
 ORM_ROWS = 300
-WORKLOADS = ["cycle", "orm"]
+WORKLOADS = ["cycle", "orm", "threads32", "churn", "join"]
+THREADS = 32  # threads32: threads per worker; the pooled contenders are capped at POOL_CAP
+POOL_CAP = 8
+JOIN_CITIES = ["Helsinki", "Berlin", "Paris", "Tokyo"]  # load_demo_data's values
+JOIN_COUNTRIES = ["FI", "DE", "FR", "US", "JP"]
+TITLES = {
+    "cycle": "request cycle: request_started -> cursor SELECT 1 -> request_finished",
+    "orm": "ORM: request_started -> 3 x Category.objects.get(pk=) -> request_finished",
+    "threads32": f"{THREADS} threads x request cycle (SELECT 1), pools capped at max {POOL_CAP}"
+    " (persistent: 32 sessions; PgBouncer default_pool_size 8)",
+    "churn": "churn: request cycle (SELECT 1) then connections.close_all() (as tasks/commands)",
+    "join": "complex join, UNPREPARED (prepared plans not implemented yet): OrderLine "
+    "select_related order__customer, product__category, product__supplier;\n  filter city, "
+    "country, placed >= ; order_by -placed [:20]; 6 tables, parameters vary per request",
+}
+SHORT_TITLES = {
+    "cycle": "request cycle (SELECT 1)",
+    "orm": "3 ORM lookups by pk per request",
+    "threads32": f"{THREADS} threads, SELECT 1, pools max {POOL_CAP}",
+    "churn": "SELECT 1 + connections.close_all()",
+    "join": "6-table join (unprepared)",
+}
 ORDER = ["unpooled", "persistent", "pooled", "django_pool", "dbcp", "pgbouncer"]
+LABELS_T = {  # threads32
+    "unpooled": "unpooled psycopg2 (32 threads)",
+    "persistent": "persistent psycopg2 (32 threads, 32 sessions)",
+    "pooled": "django_pooled_pg (max_size 8)",
+    "django_pool": "Django pool, psycopg 3 (min 2, max 8)",
+    "dbcp": "django-db-conn-pool (POOL_SIZE 8, overflow 0)",
+    "pgbouncer": "PgBouncer (pool 8) + unpooled psycopg2",
+}
 LABELS = {
     "unpooled": "unpooled psycopg2 (CONN_MAX_AGE=0)",
     "persistent": "persistent psycopg2 (CONN_MAX_AGE=None)",
@@ -103,19 +147,23 @@ def worker_main(config: dict) -> int:
         USE_TZ=True,
         TIME_ZONE="UTC",
         INSTALLED_APPS=apps,
-        DATABASES={"default": config["database"]},
+        DATABASES={"default": config["database"], "threads": config["threads_database"]},
     )
     django.setup()
     from django.core.signals import request_finished, request_started
     from django.db import connections
-    from shop.models import Category
+    from shop.models import Category, Order, OrderLine
 
-    def cycle() -> None:
+    def cycle(alias: str = "default") -> None:
         request_started.send(sender=None)
-        with connections["default"].cursor() as cursor:
+        with connections[alias].cursor() as cursor:
             cursor.execute("SELECT 1")
             cursor.fetchone()
         request_finished.send(sender=None)
+
+    def churn() -> None:  # code that closes its connections itself (tasks, commands)
+        cycle()
+        connections.close_all()
 
     request_started.send(sender=None)
     keys = list(Category.objects.order_by("pk").values_list("pk", flat=True)[:ORM_ROWS])
@@ -135,7 +183,45 @@ def worker_main(config: dict) -> int:
         objects.get(pk=keys[(i + 203) % n])
         request_finished.send(sender=None)
 
-    cycles = {"cycle": cycle, "orm": orm}
+    # the complex join: 6 tables, filters on indexed columns, parameters vary per request
+    import datetime
+
+    from django.db.models import Max, Min
+
+    request_started.send(sender=None)
+    span = Order.objects.aggregate(first=Min("placed"), last=Max("placed"))
+    request_finished.send(sender=None)
+    if span["first"] is None:
+        raise SystemExit("worker: the shop tables are empty (load_demo_data)")
+    days = max(1, (span["last"] - span["first"]).days)
+    join_params = [
+        (city, country, span["first"] + datetime.timedelta(days=(k * 7) % days))
+        for k, (city, country) in enumerate((c, n) for c in JOIN_CITIES for n in JOIN_COUNTRIES)
+    ]
+    join_counter = [0]
+
+    def join() -> None:
+        i = join_counter[0]
+        join_counter[0] = i + 1
+        city, country, since = join_params[i % len(join_params)]
+        request_started.send(sender=None)
+        lines = list(
+            OrderLine.objects.select_related(
+                "order__customer", "product__category", "product__supplier"
+            )
+            .filter(
+                order__customer__city=city,
+                product__supplier__country=country,
+                order__placed__gte=since,
+            )
+            .order_by("-order__placed")[:20]
+        )
+        for line in lines:  # touch the joined objects as a view would
+            _ = (line.order.customer.name, line.product.category.name, line.product.supplier.name)
+        request_finished.send(sender=None)
+
+    cycles = {"cycle": cycle, "orm": orm, "churn": churn, "join": join}
+    crew: ThreadCrew | None = None
     versions = {"python": platform.python_version(), "django": django.__version__}
     try:
         import psycopg2
@@ -166,6 +252,11 @@ def worker_main(config: dict) -> int:
         command = json.loads(line)
         if command.get("quit"):
             break
+        if command["workload"] == "threads32":
+            if crew is None:
+                crew = ThreadCrew(THREADS, lambda: cycle("threads"), connections)
+            proto.write(json.dumps(crew.run(command["seconds"], command.get("warmup", 5))) + "\n")
+            continue
         run = cycles[command["workload"]]
         for _ in range(command.get("warmup", 20)):
             run()
@@ -181,22 +272,95 @@ def worker_main(config: dict) -> int:
             if t1 >= deadline:
                 break
         elapsed = (perf() - start) / 1e9
-        latencies.sort()
-        count = len(latencies)
-        proto.write(
-            json.dumps(
-                {
-                    "count": count,
-                    "elapsed": elapsed,
-                    "rps": count / elapsed,
-                    "p50_us": latencies[count // 2] / 1e3,
-                    "p99_us": latencies[min(count - 1, int(count * 0.99))] / 1e3,
-                }
-            )
-            + "\n"
-        )
+        proto.write(json.dumps(run_result(latencies, elapsed)) + "\n")
+    if crew is not None:
+        crew.stop()
     connections.close_all()
     return 0
+
+
+def run_result(latencies: list[int], elapsed: float) -> dict:
+    latencies.sort()
+    count = len(latencies)
+    return {
+        "count": count,
+        "elapsed": elapsed,
+        "rps": count / elapsed,
+        "p50_us": latencies[count // 2] / 1e3,
+        "p99_us": latencies[min(count - 1, int(count * 0.99))] / 1e3,
+    }
+
+
+class ThreadCrew:
+    """``n`` long-lived threads (as a threaded server's workers: persistent connections stay
+    per thread across rounds) running ``run`` concurrently until a shared deadline."""
+
+    def __init__(self, n: int, run, connections) -> None:
+        self.n, self._run, self._connections = n, run, connections
+        self.go = threading.Barrier(n + 1)
+        self.ready = threading.Barrier(n, action=self._start_clock)
+        self.done = threading.Barrier(n + 1)
+        self.command: dict | None = None
+        self.latencies: list[list[int]] = [[] for _ in range(n)]
+        self.errors: list[str] = []
+        self.threads = [
+            threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(n)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _start_clock(self) -> None:
+        self.start = time.perf_counter_ns()
+        self.deadline = self.start + int(self.command["seconds"] * 1e9)
+
+    def _loop(self, index: int) -> None:
+        perf, run = time.perf_counter_ns, self._run
+        while True:
+            self.go.wait()
+            command = self.command
+            if command is None:
+                self._connections.close_all()
+                self.done.wait()
+                return
+            latencies: list[int] = []
+            append = latencies.append
+            try:
+                for _ in range(command["warmup"]):
+                    run()
+                self.ready.wait()
+                deadline = self.deadline
+                while True:
+                    t0 = perf()
+                    run()
+                    t1 = perf()
+                    append(t1 - t0)
+                    if t1 >= deadline:
+                        break
+            except Exception as error:  # reported, the round goes on
+                self.errors.append(repr(error))
+                if not self.ready.broken and self.ready.n_waiting:
+                    self.ready.abort()
+            self.latencies[index] = latencies
+            self.done.wait()
+
+    def run(self, seconds: float, warmup: int) -> dict:
+        self.command = {"seconds": seconds, "warmup": warmup}
+        self.ready.reset()
+        self.go.wait()
+        self.done.wait()
+        elapsed = (time.perf_counter_ns() - self.start) / 1e9
+        merged = [t for per_thread in self.latencies for t in per_thread]
+        result = run_result(merged, elapsed)
+        result["threads"] = self.n
+        if self.errors:
+            result["errors"] = self.errors[:3]
+            self.errors.clear()
+        return result
+
+    def stop(self) -> None:
+        self.command = None
+        self.go.wait()
+        self.done.wait()
 
 
 # =========================================================================================
@@ -286,6 +450,8 @@ class PgBouncer:
                 "[databases]\n"
                 f"bench = host=127.0.0.1 port={cluster.port} dbname=postgres "
                 "user=bench_pgbouncer\n"
+                f"bench_t = host=127.0.0.1 port={cluster.port} dbname=postgres "
+                "user=bench_pgbouncer_t\n"
                 "[pgbouncer]\n"
                 f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
                 "auth_type = any\npool_mode = transaction\n"
@@ -376,9 +542,13 @@ class Sampler(threading.Thread):
 
 
 class Worker:
-    def __init__(self, name: str, python: str, database: dict, cpu: int | None) -> None:
+    def __init__(
+        self, name: str, python: str, database: dict, threads_database: dict, cpu: int | None
+    ) -> None:
         self.name = name
-        config = {"name": name, "database": database, "cpu": cpu}
+        config = {
+            "name": name, "database": database, "threads_database": threads_database, "cpu": cpu
+        }  # fmt: skip
         self.stderr = open(os.path.join(RESULTS, f".alternatives-{name}.stderr.tmp"), "w+")
         env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "DATABASE_URL")}
         self.process = subprocess.Popen(
@@ -430,7 +600,7 @@ def setup_database(url: str, names: list[str]) -> None:
     conn = psycopg2.connect(url)
     conn.autocommit = True
     with conn.cursor() as cursor:
-        for name in names:
+        for name in [*names, *(f"{n}_t" for n in names)]:
             cursor.execute(
                 f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_{name}')"
                 f" THEN CREATE ROLE bench_{name} LOGIN SUPERUSER; END IF; END $$"
@@ -440,7 +610,7 @@ def setup_database(url: str, names: list[str]) -> None:
         SECRET_KEY="bench",
         USE_TZ=True,
         TIME_ZONE="UTC",
-        INSTALLED_APPS=["django.contrib.contenttypes", "shop"],
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "shop"],
         DATABASES={"default": database_from_url(url, engine="django.db.backends.postgresql")},
     )
     django.setup()
@@ -449,6 +619,11 @@ def setup_database(url: str, names: list[str]) -> None:
     from shop.models import Category
 
     call_command("migrate", verbosity=0, interactive=False)
+    import io
+
+    call_command("load_demo_data", stdout=io.StringIO())  # the join's rows (and 20 categories)
+    with connections["default"].cursor() as cursor:
+        cursor.execute("ANALYZE")
     missing = ORM_ROWS - Category.objects.count()
     if missing > 0:
         Category.objects.bulk_create(Category(name=f"category {i}") for i in range(missing))
@@ -471,7 +646,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (7)")
-    parser.add_argument("--seconds", type=float, default=2.0, help="seconds per run (2)")
+    parser.add_argument("--seconds", type=float, default=1.5, help="seconds per run (1.5)")
     parser.add_argument("--pin", choices=("same", "none"), default="same")
     parser.add_argument("--only", action="append", choices=ORDER, help="contenders (repeatable)")
     parser.add_argument("--replot", action="store_true", help="only redraw the charts")
@@ -558,17 +733,40 @@ def main() -> int:
                 cluster, "dbcp", "dj_db_conn_pool.backends.postgresql", CONN_MAX_AGE=0
             ),
         }  # fmt: skip
+        cap = POOL_CAP
+        threads_databases = {  # threads32: the pooled contenders capped at POOL_CAP
+            "unpooled": database_entry(cluster, "unpooled_t", pg, CONN_MAX_AGE=0),
+            "persistent": database_entry(cluster, "persistent_t", pg, CONN_MAX_AGE=None),
+            "pooled": database_entry(
+                cluster, "pooled_t", pooled, OPTIONS={"pool": {"max_size": cap}}
+            ),
+            "django_pool": database_entry(
+                cluster, "django_pool_t", pg, CONN_MAX_AGE=0,
+                OPTIONS={"pool": {"min_size": 2, "max_size": cap}},
+            ),
+            "dbcp": database_entry(
+                cluster, "dbcp_t", "dj_db_conn_pool.backends.postgresql", CONN_MAX_AGE=0,
+                POOL_OPTIONS={"POOL_SIZE": cap, "MAX_OVERFLOW": 0},
+            ),
+        }  # fmt: skip
         if bouncer is not None:
             databases["pgbouncer"] = {
                 **database_entry(cluster, "pgbouncer", pg, CONN_MAX_AGE=0),
                 "NAME": "bench",
                 "PORT": str(bouncer.port),
             }
+            threads_databases["pgbouncer"] = {
+                **database_entry(cluster, "pgbouncer_t", pg, CONN_MAX_AGE=0),
+                "NAME": "bench_t",
+                "PORT": str(bouncer.port),
+            }
         for name in names:
             if name in skipped:
                 continue
             try:
-                workers[name] = Worker(name, pythons[name], databases[name], bench_cpu)
+                workers[name] = Worker(
+                    name, pythons[name], databases[name], threads_databases[name], bench_cpu
+                )
             except Exception as error:
                 skipped[name] = str(error)
         for name, why in skipped.items():
@@ -589,7 +787,10 @@ def main() -> int:
         for round_index in range(args.rounds):
             for workload in WORKLOADS:
                 for name in active:
-                    warmup = 3 if name == "unpooled" else 50
+                    if workload == "threads32":  # per thread
+                        warmup = 1 if name == "unpooled" else 5
+                    else:
+                        warmup = 3 if name == "unpooled" else 50
                     runs[workload][name].append(workers[name].run(workload, args.seconds, warmup))
                 log(
                     f"  round {round_index + 1} {workload:<5} "
@@ -597,6 +798,7 @@ def main() -> int:
                 )
         sampler.stop()
         sessions = {n: sampler.maxima.get(n, 0) for n in active}
+        sessions_threads = {n: sampler.maxima.get(f"{n}_t", 0) for n in active}
         versions = {n: workers[n].versions for n in active}
     finally:  # every step on its own: a failure must not leave servers behind
         for step in [*(w.close for w in workers.values()),
@@ -638,12 +840,17 @@ def main() -> int:
                         for a, b in zip(runs[workload][name], runs[workload][base], strict=True)
                     ]
 
+    for name in active:
+        summary["threads32"][name]["max_server_sessions"] = sessions_threads[name]
+    errors = {
+        f"{w}/{n}": r["errors"] for w in WORKLOADS for n in active for r in runs[w][n]
+        if r.get("errors")
+    }  # fmt: skip
+
+    pooled_names = ("pooled", "django_pool", "dbcp", "pgbouncer")
     for workload in WORKLOADS:
-        title = {
-            "cycle": "request cycle: request_started -> cursor SELECT 1 -> request_finished",
-            "orm": "ORM: request_started -> 3 x Category.objects.get(pk=) -> request_finished",
-        }[workload]
-        log(f"\n{title} (median of {args.rounds} rounds; ratios: per-round range)")
+        title = TITLES[workload]
+        log(f"\n{title}\n  (median of {args.rounds} rounds; ratios: per-round range)")
         log(
             f"  {'contender':<44}{'req/s':>8}{'vs unpooled':>13}{'vs persistent':>22}"
             f"{'p50 us':>8}{'p99 us':>8}{'sessions':>9}"
@@ -656,14 +863,24 @@ def main() -> int:
                 vs_p = f"{e['vs_persistent']:.2f}x ({min(rng):.2f}-{max(rng):.2f})"
             else:
                 vs_p = "-"
+            if workload == "threads32":
+                count = sessions_threads[name]
+                mark = (" OK" if count <= POOL_CAP else " OVER") if name in pooled_names else ""
+                label = LABELS_T[name]
+            else:
+                count, mark, label = sessions[name], "", LABELS[name]
             log(
-                f"  {LABELS[name]:<44}{e['median_rps']:>8,.0f}{vs_u:>13}{vs_p:>22}"
-                f"{e['p50_us']:>8.0f}{e['p99_us']:>8.0f}{sessions[name]:>9}"
+                f"  {label:<44}{e['median_rps']:>8,.0f}{vs_u:>13}{vs_p:>22}"
+                f"{e['p50_us']:>8.0f}{e['p99_us']:>8.0f}{count:>9}{mark}"
             )
     log(
         "  (sessions: most server sessions of the contender's role seen in pg_stat_activity "
-        f"over the whole run, {sampler.samples} samples)"
+        f"over the whole run, {sampler.samples} samples; threads32 has its own roles "
+        f"bench_<name>_t, so its column is that workload's alone: OK = <= {POOL_CAP}; "
+        "p50/p99 in threads32 include waiting for a free connection)"
     )
+    for key, errs in errors.items():
+        log(f"  ERRORS {key}: {errs}")
     for name, why in skipped.items():
         log(f"  skipped {name}: {why}")
 
@@ -680,6 +897,14 @@ def main() -> int:
         "versions": versions,
         "databases": {n: databases[n] for n in active},
         "max_server_sessions": sessions,
+        "max_server_sessions_threads32": sessions_threads,
+        "threads32": {
+            "threads": THREADS,
+            "pool_cap": POOL_CAP,
+            "databases": {n: threads_databases[n] for n in active},
+        },
+        "join_prepared": "not measured: prepared plans are not implemented yet",
+        "errors": errors,
         "session_samples": sampler.samples,
         "workloads": summary,
         "skipped": skipped,
@@ -702,6 +927,7 @@ def plot(results: dict, active: list[str]) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     colors = {
         "unpooled": "#999999", "persistent": "#4c72b0", "pooled": "#dd8452",
@@ -712,11 +938,35 @@ def plot(results: dict, active: list[str]) -> list[str]:
         f"{results['date']}, {results['cpus']} CPUs, median of {results['rounds']} interleaved "
         f"rounds x {results['seconds_per_run']:g} s; bars: min..max of rounds"
     )
-    titles = {"cycle": "request cycle (SELECT 1)", "orm": "3 ORM lookups by pk per request"}
+    workloads = [w for w in WORKLOADS if w in results["workloads"]]
+    threads_sessions = results.get("max_server_sessions_threads32")
     paths = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    for ax, workload in zip(axes, WORKLOADS, strict=True):
+    def grid():
+        cols = 3 if len(workloads) > 2 else 2
+        rows = -(-(len(workloads) + (1 if threads_sessions else 0)) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(6.4 * cols, 4.6 * rows), squeeze=False)
+        axes = list(axes.flat)
+        for ax in axes[len(workloads) + (1 if threads_sessions else 0) :]:
+            ax.set_visible(False)
+        return fig, axes
+
+    def sessions_panel(ax) -> None:
+        y = list(range(len(active)))
+        counts = [threads_sessions.get(n, 0) for n in active]
+        ax.barh(y, counts, color=[colors[n] for n in active])
+        ax.axvline(POOL_CAP, color="black", linestyle="--", linewidth=1)
+        ax.text(POOL_CAP, len(active) - 0.45, f" cap {POOL_CAP}", fontsize=8.5, va="bottom")
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()
+        ax.set_xlabel("most server sessions")
+        ax.set_title(f"server sessions during {SHORT_TITLES['threads32']}", fontsize=10)
+        for i, c in enumerate(counts):
+            ax.text(c + 0.3, i, str(c), va="center", fontsize=8.5)
+        ax.set_xlim(0, max(counts + [POOL_CAP]) * 1.2)
+
+    fig, axes = grid()
+    for ax, workload in zip(axes, workloads, strict=False):
         data = results["workloads"][workload]
         med = [data[n]["median_rps"] for n in active]
         err = [
@@ -727,24 +977,27 @@ def plot(results: dict, active: list[str]) -> list[str]:
         ax.barh(y, med, xerr=err, color=[colors[n] for n in active], capsize=3)
         ax.set_yticks(list(y), labels)
         ax.invert_yaxis()
-        ax.set_xlabel("requests/s (one thread)")
-        ax.set_title(titles[workload])
+        threads = f"{THREADS} threads" if workload == "threads32" else "one thread"
+        ax.set_xlabel(f"requests/s ({threads})")
+        ax.set_title(SHORT_TITLES[workload], fontsize=10)
         top = max(data[n]["max_rps"] for n in active)
-        ax.set_xlim(0, top * 1.45)
+        ax.set_xlim(0, top * 1.6)
         for i, n in enumerate(active):
             note = f"{med[i]:,.0f}"
             if "vs_persistent" in data[n] and n != "persistent":
-                note += f"  ({data[n]['vs_persistent']:.2f}x persistent)"
+                note += f"  ({data[n]['vs_persistent']:.2f}x pers.)"
             ax.text(data[n]["max_rps"] + top * 0.02, i, note, va="center", fontsize=8.5)
-    fig.suptitle("Django request throughput: django_pooled_pg vs alternatives\n" + sub, fontsize=10)
+    if threads_sessions:
+        sessions_panel(axes[len(workloads)])
+    fig.suptitle("Django request throughput: django_pooled_pg vs alternatives\n" + sub, fontsize=11)
     fig.tight_layout()
     path = os.path.join(RESULTS, "alternatives-throughput.png")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     paths.append(path)
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.2))
-    for ax, workload in zip(axes, WORKLOADS, strict=True):
+    fig, axes = grid()
+    for ax, workload in zip(axes, workloads, strict=False):
         data = results["workloads"][workload]
         y = list(range(len(active)))
         p50 = [data[n]["p50_us"] for n in active]
@@ -753,25 +1006,28 @@ def plot(results: dict, active: list[str]) -> list[str]:
         ax.barh([i - h / 2 for i in y], p50, h, label="p50", color="#4c72b0")
         ax.barh([i + h / 2 for i in y], p99, h, label="p99", color="#dd8452")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
         ax.set_yticks(y, labels)
         ax.invert_yaxis()
         ax.set_xlabel("latency per request, us (log scale)")
-        ax.set_title(titles[workload])
+        ax.set_title(SHORT_TITLES[workload], fontsize=10)
         for i in y:
             ax.text(p50[i] * 1.05, i - h / 2, f"{p50[i]:,.0f}", va="center", fontsize=8)
             ax.text(p99[i] * 1.05, i + h / 2, f"{p99[i]:,.0f}", va="center", fontsize=8)
         ax.set_xlim(min(p50) * 0.5, max(p99) * 3)
-        ax.legend(loc="lower right")
+        ax.legend(loc="lower right", fontsize=8)
+    if threads_sessions:
+        sessions_panel(axes[len(workloads)])
     sessions = results["max_server_sessions"]
     fig.suptitle(
         "Latency per request (median of the per-round p50 and p99)\n"
-        + sub.split("; bars")[0] + "\nmost server sessions: "
+        + sub.split("; bars")[0] + "\nmost server sessions (single-thread workloads): "
         + ", ".join(f"{SHORT[n]} {sessions[n]}" for n in active),
         fontsize=9.5,
     )  # fmt: skip
     fig.tight_layout()
     path = os.path.join(RESULTS, "alternatives-latency.png")
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     paths.append(path)
     return paths
