@@ -101,12 +101,18 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             return super().get_new_connection(conn_params)
         self.isolation_level, pool = target
         handle = pool.checkout()
+        handle.on_new_connection, handle.find_pool = self._handle_hooks
+        return handle
+
+    @cached_property
+    def _handle_hooks(self) -> tuple[Any, Any]:
         # Weak references: no cycle through the wrapper, so leaked leases stay collectable.
         announce = weakref.WeakMethod(self._on_new_connection)
         current = weakref.WeakMethod(self._current_pool_for_resume)
-        handle.on_new_connection = lambda: (bound := announce()) is not None and bound()
-        handle.find_pool = lambda: (bound := current()) is not None and bound()
-        return handle
+        return (
+            lambda: (bound := announce()) is not None and bound(),
+            lambda: (bound := current()) is not None and bound(),
+        )
 
     def _current_pool_for_resume(self) -> ConnectionPool:
         target = self._lease_target()
