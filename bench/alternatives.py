@@ -499,48 +499,6 @@ class PgBouncer:
                 self.process.wait()
 
 
-class Sampler(threading.Thread):
-    """Server sessions per role bench_<name>, maximum per role (every ``interval`` s)."""
-
-    def __init__(self, dsn: dict, server_cpu_other: int | None, interval: float = 0.01):
-        super().__init__(name="session sampler", daemon=True)
-        import psycopg2
-
-        self.conn = psycopg2.connect(**dsn, application_name="bench_alt_sampler")
-        self.conn.autocommit = True
-        if server_cpu_other is not None:  # its backend off the benchmark CPU
-            with self.conn.cursor() as cursor:
-                cursor.execute("SELECT pg_backend_pid()")
-                os.sched_setaffinity(cursor.fetchone()[0], {server_cpu_other})
-        self.interval = interval
-        self.maxima: dict[str, int] = {}
-        self.samples = 0
-        self._stop_event = threading.Event()
-
-    def sample(self) -> None:
-        with self.conn.cursor() as cursor:
-            cursor.execute(
-                "SELECT usename, count(*) FROM pg_stat_activity "
-                "WHERE usename LIKE %s AND backend_type = 'client backend' GROUP BY 1",
-                ["bench\\_%"],
-            )
-            for user, count in cursor.fetchall():
-                name = user[len("bench_") :]
-                if count > self.maxima.get(name, 0):
-                    self.maxima[name] = count
-        self.samples += 1
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            self.sample()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-        self.sample()
-        self.conn.close()
-
-
 class Worker:
     def __init__(
         self, name: str, python: str, database: dict, threads_database: dict, cpu: int | None
@@ -774,9 +732,13 @@ def main() -> int:
         active = [n for n in names if n in workers]
         if not active:
             return 1
-        sampler = Sampler(
+        from sessions import SessionSampler  # bench/sessions.py (this script's folder)
+
+        sampler = SessionSampler(
             {"dbname": "postgres", "user": "postgres", "host": "127.0.0.1", "port": cluster.port},
-            other_cpu if bench_cpu is not None else None,
+            "usename",
+            "bench_",
+            backend_cpu=other_cpu if bench_cpu is not None else None,
         )
         sampler.start()
         log(

@@ -281,46 +281,6 @@ def remember_pool(name: str) -> None:
 # -- threaded workload ----------------------------------------------------------------
 
 
-class SessionSampler(threading.Thread):
-    """Counts server sessions per application_name in pg_stat_activity, keeps the maxima."""
-
-    def __init__(self, conninfo: dict, interval: float = 0.005) -> None:
-        super().__init__(name="session sampler", daemon=True)
-        import psycopg2
-
-        self.conn = psycopg2.connect(**conninfo, application_name="bench_rc_sampler")
-        self.conn.autocommit = True
-        self.interval = interval
-        self.maxima: dict[str, int] = {}
-        self.samples = 0
-        self._stop_event = threading.Event()
-
-    def sample(self) -> None:
-        with self.conn.cursor() as cursor:
-            cursor.execute(
-                "SELECT application_name, count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND application_name LIKE %s "
-                "GROUP BY 1",
-                [APP_PREFIX.replace("_", r"\_") + "%"],
-            )
-            rows = cursor.fetchall()
-        for app, count in rows:
-            name = app[len(APP_PREFIX):]
-            if count > self.maxima.get(name, 0):
-                self.maxima[name] = count
-        self.samples += 1
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.interval):
-            self.sample()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join()
-        self.sample()
-        self.conn.close()
-
-
 def run_threaded(name: str, threads: int, seconds: float, warmup: float = 0.5) -> dict:
     from django.db import connections
 
@@ -769,16 +729,17 @@ def run(args: argparse.Namespace, url: str) -> int:
 
     if "threads" in args.sections:
         # Workload 2: threads, interleaved rounds, sessions sampled server-side.
+        from sessions import SessionSampler  # bench/sessions.py (this script's folder)
+
         entry = CONTENDERS["t_persistent"]
-        sampler = SessionSampler(
-            {
-                "dbname": entry["NAME"],
-                "user": entry["USER"] or None,
-                "password": entry["PASSWORD"] or None,
-                "host": entry["HOST"] or None,
-                "port": entry["PORT"] or None,
-            }
-        )
+        conninfo = {
+            "dbname": entry["NAME"],
+            "user": entry["USER"] or None,
+            "password": entry["PASSWORD"] or None,
+            "host": entry["HOST"] or None,
+            "port": entry["PORT"] or None,
+        }
+        sampler = SessionSampler(conninfo, "application_name", APP_PREFIX, interval=0.005)
         sampler.start()
         threaded: dict[str, list[dict]] = {alias: [] for alias in THREADED}
         print()
