@@ -424,22 +424,6 @@ def ensure_pgbouncer() -> tuple[str | None, str]:
     return (binary, "") if os.path.exists(binary) else (None, "pgbouncer binary not found")
 
 
-def postmaster_pids(datadir: str) -> list[int]:
-    with open(os.path.join(datadir, "postmaster.pid")) as pidfile:
-        postmaster = int(pidfile.readline())
-    pids = [postmaster]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if parent == postmaster:
-                pids.append(int(entry))
-    return pids
-
-
 class PgBouncer:
     def __init__(self, binary: str, cluster, pool_size: int = 8) -> None:
         self.port = free_port()
@@ -662,6 +646,8 @@ def main() -> int:
         if args.pin == "same" and cpus:
             bench_cpu = cpus[0]
             other_cpu = cpus[1] if len(cpus) > 1 else None
+            from server import postmaster_pids  # bench/server.py (this script's folder)
+
             for pid in postmaster_pids(cluster.datadir):
                 os.sched_setaffinity(pid, {bench_cpu})
             if other_cpu is not None:
@@ -732,7 +718,7 @@ def main() -> int:
         active = [n for n in names if n in workers]
         if not active:
             return 1
-        from sessions import SessionSampler  # bench/sessions.py (this script's folder)
+        from server import SessionSampler  # bench/server.py (this script's folder)
 
         sampler = SessionSampler(
             {"dbname": "postgres", "user": "postgres", "host": "127.0.0.1", "port": cluster.port},

@@ -98,19 +98,9 @@ def pin_processes(mode: str, datadir: str | None) -> str:
     os.sched_setaffinity(0, {client})
     if datadir is None:
         return f"client on CPU {client}, server not pinned ($DATABASE_URL)"
-    with open(os.path.join(datadir, "postmaster.pid")) as pidfile:
-        postmaster = int(pidfile.readline())
-    pids = [postmaster]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as stat:
-                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if parent == postmaster:
-                pids.append(int(entry))
-    for pid in pids:  # backends forked later inherit the postmaster's affinity
+    from server import postmaster_pids  # bench/server.py (this script's folder)
+
+    for pid in postmaster_pids(datadir):  # backends forked later inherit the affinity
         os.sched_setaffinity(pid, {server})
     return f"client on CPU {client}, server on CPU {server}"
 
@@ -525,9 +515,7 @@ def run_tracking(args: argparse.Namespace) -> dict:
         f"  (+us: {p} against off.) Query shapes in the statistics: "
         f"counters {queries['counters']}, stacks {queries['stacks']}"
     )
-    print(
-        f"\nTracking ratios (req/s against off): of medians | per-round median (range) | {p}"
-    )
+    print(f"\nTracking ratios (req/s against off): of medians | per-round median (range) | {p}")
     for w in TRACKING_WORKLOADS:
         for name, target in TRACKING_TARGETS.items():
             spread = f"({min(per_round[w][name]):.2f}..{max(per_round[w][name]):.2f})"
@@ -729,7 +717,7 @@ def run(args: argparse.Namespace, url: str) -> int:
 
     if "threads" in args.sections:
         # Workload 2: threads, interleaved rounds, sessions sampled server-side.
-        from sessions import SessionSampler  # bench/sessions.py (this script's folder)
+        from server import SessionSampler  # bench/server.py (this script's folder)
 
         entry = CONTENDERS["t_persistent"]
         conninfo = {

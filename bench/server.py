@@ -1,9 +1,26 @@
-"""Server sessions per contender, sampled from pg_stat_activity (shared by the benchmarks)."""
+"""The benchmarked server, seen from outside: its processes, and sessions per contender."""
 
 from __future__ import annotations
 
 import os
 import threading
+
+
+def postmaster_pids(datadir: str) -> list[int]:
+    """The postmaster of the cluster in ``datadir`` and its children (from /proc)."""
+    with open(os.path.join(datadir, "postmaster.pid")) as pidfile:
+        postmaster = int(pidfile.readline())
+    pids = [postmaster]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if parent == postmaster:
+                pids.append(int(entry))
+    return pids
 
 
 class SessionSampler(threading.Thread):
