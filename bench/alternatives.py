@@ -260,23 +260,28 @@ def worker_main(config: dict) -> int:
         run = cycles[command["workload"]]
         for _ in range(command.get("warmup", 20)):
             run()
-        latencies: list[int] = []
-        append = latencies.append
         start = perf()
-        deadline = start + int(command["seconds"] * 1e9)
-        while True:
-            t0 = perf()
-            run()
-            t1 = perf()
-            append(t1 - t0)
-            if t1 >= deadline:
-                break
+        latencies = timed_until(run, start + int(command["seconds"] * 1e9))
         elapsed = (perf() - start) / 1e9
         proto.write(json.dumps(run_result(latencies, elapsed)) + "\n")
     if crew is not None:
         crew.stop()
     connections.close_all()
     return 0
+
+
+def timed_until(run, deadline_ns: int) -> list[int]:
+    """Call ``run()`` until ``deadline_ns`` (perf_counter_ns), returning each call's ns."""
+    perf = time.perf_counter_ns
+    latencies: list[int] = []
+    append = latencies.append
+    while True:
+        t0 = perf()
+        run()
+        t1 = perf()
+        append(t1 - t0)
+        if t1 >= deadline_ns:
+            return latencies
 
 
 def run_result(latencies: list[int], elapsed: float) -> dict:
@@ -314,7 +319,7 @@ class ThreadCrew:
         self.deadline = self.start + int(self.command["seconds"] * 1e9)
 
     def _loop(self, index: int) -> None:
-        perf, run = time.perf_counter_ns, self._run
+        run = self._run
         while True:
             self.go.wait()
             command = self.command
@@ -323,19 +328,11 @@ class ThreadCrew:
                 self.done.wait()
                 return
             latencies: list[int] = []
-            append = latencies.append
             try:
                 for _ in range(command["warmup"]):
                     run()
                 self.ready.wait()
-                deadline = self.deadline
-                while True:
-                    t0 = perf()
-                    run()
-                    t1 = perf()
-                    append(t1 - t0)
-                    if t1 >= deadline:
-                        break
+                latencies = timed_until(run, self.deadline)
             except Exception as error:  # reported, the round goes on
                 self.errors.append(repr(error))
                 if not self.ready.broken and self.ready.n_waiting:

@@ -114,16 +114,22 @@ class SessionResetTests(PoolTestCase):
         # psycopg2's rollback() does nothing in autocommit mode: the pool must not rely on it.
         self.assert_uncommitted_insert_is_gone(lambda handle: query(handle, "BEGIN"))
 
-    def test_failed_sql_transaction_in_autocommit_is_rolled_back(self):
+    def assert_failed_transaction_is_gone(self, begin):
         pool = self.make_pool(max_size=1)
         handle = pool.checkout()
-        query(handle, "BEGIN")
+        begin(handle)
         with self.assertRaises(psycopg2.Error):
             query(handle, "SELECT 1/0")
         handle.close()
         handle = pool.checkout()
         self.assertEqual(query(handle, "SELECT 1"), [(1,)])
         handle.close()
+
+    def test_failed_transaction_is_rolled_back(self):
+        self.assert_failed_transaction_is_gone(lambda handle: setattr(handle, "autocommit", False))
+
+    def test_failed_sql_transaction_in_autocommit_is_rolled_back(self):
+        self.assert_failed_transaction_is_gone(lambda handle: query(handle, "BEGIN"))
 
     def test_prepare_after_another_dirty_statement_is_deallocated(self):
         self.lease_twice(
@@ -144,17 +150,6 @@ class SessionResetTests(PoolTestCase):
         handle.close()
         handle = pool.checkout()
         self.assertEqual(handle.encoding, "UTF8")
-        handle.close()
-
-    def test_failed_transaction_is_rolled_back(self):
-        pool = self.make_pool(max_size=1)
-        handle = pool.checkout()
-        handle.autocommit = False
-        with self.assertRaises(psycopg2.Error):
-            query(handle, "SELECT 1/0")
-        handle.close()
-        handle = pool.checkout()
-        self.assertEqual(query(handle, "SELECT 1"), [(1,)])
         handle.close()
 
     def test_psycopg2_session_characteristics_are_restored(self):
