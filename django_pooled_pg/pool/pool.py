@@ -354,16 +354,17 @@ class ConnectionPool:
     def _return(self, record: ConnectionRecord, park_for: ConnectionHandle | None = None) -> None:
         if self._pid != os.getpid():
             return  # the parent's connection: never touch it from a forked child
-        reason = self._reset(record)
         now = time.monotonic()
         config = self.config
-        if reason is None:
-            if self._closed:
-                reason = stats.CONNECTIONS_CLOSED
-            elif now >= record.expires_at or config.max_lifetime == 0:
-                reason = stats.CONNECTIONS_EXPIRED
-            elif config.max_idle == 0 or (config.max_uses and record.uses >= config.max_uses):
-                reason = stats.CONNECTIONS_CLOSED
+        # A connection that will be closed needs no reset: closing ends its session.
+        if self._closed:
+            reason: str | None = stats.CONNECTIONS_CLOSED
+        elif now >= record.expires_at or config.max_lifetime == 0:
+            reason = stats.CONNECTIONS_EXPIRED
+        elif config.max_idle == 0 or (config.max_uses and record.uses >= config.max_uses):
+            reason = stats.CONNECTIONS_CLOSED
+        else:
+            reason = self._reset(record)
         record.end_lease()
         if reason is not None:
             with self._lock:
@@ -449,7 +450,6 @@ class ConnectionPool:
                 error,
             )
             return stats.CONNECTIONS_LOST if conn.closed else stats.CONNECTIONS_CLOSED
-        record.dirty = record.deallocate = False
         return None
 
     def _hand_to_waiter(self, grant: ConnectionRecord | _OpenNew) -> None:
