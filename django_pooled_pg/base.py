@@ -14,7 +14,7 @@ from django.db.backends.postgresql import base as postgresql
 from django.db.backends.signals import connection_created
 from django.utils.functional import cached_property
 
-from . import conf, registry, signals  # noqa: F401 (signals: fresh pools on DATABASES change)
+from . import conf, registry, signals, targets  # noqa: F401 (signals: fresh pools on DATABASES change)
 from .database import PooledDatabase
 from .features import DatabaseFeatures
 from .pool import ConnectionHandle, ConnectionPool, PoolConfig, stacks
@@ -164,6 +164,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return (
             settings["NAME"], settings["USER"], settings["PASSWORD"], settings["HOST"],
             settings["PORT"], repr(settings["OPTIONS"]), self.timezone_name, conf.generation(),
+            targets.generation(),
         )  # fmt: skip
 
     def get_pool(
@@ -181,7 +182,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         if role := self.settings_dict["OPTIONS"].get("assume_role"):
             session_init.append(("SET ROLE %s", [role]))
         level = self.settings_dict["OPTIONS"].get("isolation_level")
-        return registry.get_pool(
+        pool = registry.get_pool(
             conn_params,
             config,
             name=self._pool_name(conn_params),
@@ -189,6 +190,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             configure=_configure_new_connection(level),
             extra=level,
         )
+        targets.install(pool, self.alias)
+        return pool
 
     def _pool_name(self, params: dict[str, Any]) -> str:
         host = params.get("host", "localhost")

@@ -54,5 +54,26 @@ class PooledDatabase:
     def reset_query_stats(self) -> None:
         self.pool.reset_query_stats()
 
+    def add_prepare_target(
+        self, target: Any, *, name: str | None = None, plan_cache_mode: str | None = None
+    ) -> str:
+        """Run ``target``'s SQL shape (a QuerySet, or SQL text with %s placeholders) as
+        PREPARE/EXECUTE from now on: the same queryset with other values, and ``IN`` lists
+        of any length, reuse one statement per connection. ``plan_cache_mode`` (None,
+        "auto", "force_generic_plan", "force_custom_plan") is set for its executions only.
+        Returns the SQL; raises UnpreparableStatement (a ValueError) if PREPARE can't take it.
+        """
+        from .targets import add_prepare_target
+
+        (sql,) = add_prepare_target(
+            target, self._wrapper.alias, name=name, plan_cache_mode=plan_cache_mode
+        )
+        return sql
+
+    def prepared_stats(self) -> list[dict[str, Any]]:
+        """Per prepare target of this alias's pool: name, SQL, plan_cache_mode, hits (runs as
+        EXECUTE), prepares, reprepares (the server dropped a plan), fallbacks (ran unprepared)."""
+        return self.pool.prepared_stats()
+
     def __repr__(self) -> str:
         return f"<PooledDatabase alias={self._wrapper.alias!r} pool={self.pool!r}>"

@@ -49,6 +49,11 @@ class PoolConfig:
     idle_in_transaction_threshold: float | None = 30.0
     #: distinct statement shapes kept in the query statistics (the rarest are evicted)
     max_statements: int = 1000
+    #: run the targets of add_prepare_target() as PREPARE/EXECUTE; False turns prepared plans
+    #: off (behind PgBouncer in transaction mode, where a session's statements don't survive)
+    prepare: bool = True
+    #: prepared statements kept per connection (the least recently used is deallocated)
+    max_prepared: int = 100
 
     def __post_init__(self) -> None:
         for error in self.errors():
@@ -93,6 +98,8 @@ class PoolConfig:
                 problems.append(f"{name} must be a number of seconds >= 0, not {value}")
         if self.timeout <= 0:
             problems.append(f"timeout must be a number of seconds > 0, not {self.timeout}")
+        if self.max_prepared < 1:
+            problems.append(f"max_prepared must be at least 1, not {self.max_prepared}")
         if self.max_statements < 1:
             problems.append(f"max_statements must be at least 1, not {self.max_statements}")
         for name in ("max_waiting", "max_uses"):
@@ -113,6 +120,10 @@ class PoolConfig:
 
 def _check_type(name: str, value: Any, annotation: str) -> None:
     allowed: tuple[type, ...]
+    if annotation == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{name} must be True or False, not {value!r}")
+        return
     if annotation.startswith("int"):
         allowed, words = (int,), "an integer"
     elif annotation.startswith("float"):

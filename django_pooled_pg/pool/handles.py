@@ -7,10 +7,12 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConnectionReturned
+from .prepared import release_guard, release_guard_first
 from .session import _verdicts, may_change_session, may_prepare
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
+    from .prepared import PreparedTargets
     from .record import ConnectionRecord
     from .tracker import Tracker
 
@@ -147,10 +149,14 @@ class ConnectionHandle:
         return conn.closed
 
     def commit(self) -> None:
-        self._live().commit()
+        conn = self._live()
+        self._record.release_pending = False  # the transaction's savepoints end with it
+        conn.commit()
 
     def rollback(self) -> None:
-        self._live().rollback()
+        conn = self._live()
+        self._record.release_pending = False
+        conn.rollback()
 
     @property
     def autocommit(self) -> bool:
@@ -200,13 +206,14 @@ class PooledCursor:
     """A psycopg2 cursor that refuses work once its lease has ended, and notes statements
     that may change session state so that the return knows whether a full reset is due."""
 
-    __slots__ = ("_cursor", "_handle", "_lease", "_record", "_tracker")
+    __slots__ = ("_cursor", "_handle", "_lease", "_record", "_tracker", "_prepared")
 
     _cursor: Any
     _handle: ConnectionHandle
     _lease: int
     _record: ConnectionRecord
     _tracker: Tracker | None
+    _prepared: PreparedTargets | None
 
     def __init__(self, handle: ConnectionHandle, cursor: Any) -> None:
         # Fixed for the cursor's life: its lease number pins it to one record.
@@ -216,6 +223,8 @@ class PooledCursor:
         setattr_(self, "_lease", handle._lease)
         setattr_(self, "_record", handle._record)
         setattr_(self, "_tracker", handle._pool.tracker)
+        # Named cursors (DECLARE ... FOR) cannot run EXECUTE: they never run prepared.
+        setattr_(self, "_prepared", handle._pool.prepared if cursor.name is None else None)
 
     def _live(self) -> Any:
         if self._lease != self._handle._lease:
@@ -239,7 +248,16 @@ class PooledCursor:
             record.dirty = record.deallocate = True
 
     def execute(self, query: Any, vars: Any = None) -> None:
-        self._run(self._live().execute, query, vars)
+        cursor = self._live()
+        prepared = self._prepared
+        if prepared is not None and vars is not None:
+            plan = prepared.plan_for(query)
+            if plan is not None:
+                record = self._record
+                run = lambda q, a: prepared.execute(cursor, record, plan, q, a)  # noqa: E731
+                self._run(run, query, vars, releases_guard=True)
+                return
+        self._run(cursor.execute, query, vars)
 
     def executemany(self, query: Any, vars_list: Any) -> None:
         self._run(self._live().executemany, query, vars_list)
@@ -252,6 +270,8 @@ class PooledCursor:
 
     def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
         cursor = self._live()
+        if self._record.release_pending:
+            release_guard(cursor, self._record)
         self._note(sql)
         tracker = self._tracker
         if tracker is None:
@@ -260,10 +280,15 @@ class PooledCursor:
             tracker.run(self._record, lambda q, f: cursor.copy_expert(q, f, size),
                         sql, file, cursor)  # fmt: skip
 
-    def _run(self, method: Any, query: Any, args: Any) -> Any:
+    def _run(self, method: Any, query: Any, args: Any, releases_guard: bool = False) -> Any:
         record = self._record
         if not record.deallocate:  # else the fullest reset is due already
             self._note(query)
+        if record.release_pending and not releases_guard:
+            # The last prepared EXECUTE left its guard savepoint open: release it first,
+            # so that it never encloses the holder's own savepoints.
+            cursor = self._cursor
+            method = lambda q, a, m=method: release_guard_first(cursor, record, q, a, m)  # noqa: E731
         tracker = self._tracker
         if tracker is None:
             return method(query, args)

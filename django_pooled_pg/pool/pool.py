@@ -22,6 +22,7 @@ from . import cleaner, stats
 from .config import PoolConfig
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
 from .handles import ConnectionHandle
+from .prepared import PreparedTargets, PrepareTarget
 from .record import ConnectionRecord
 from .session import DEALLOCATE_SQL, RESET_SQL
 from .stacks import capture, first_user_frame, format_stack
@@ -88,6 +89,8 @@ class ConnectionPool:
         #: None when tracking is off: the query path then skips timing altogether
         self.tracker = Tracker(name, self.config) if self.config.tracking != "off" else None
         self._inline_cleaner = self.config.cleaner == "inline"
+        #: the statements to run prepared (add_prepare_target()); None when turned off
+        self.prepared = PreparedTargets(self.config.max_prepared) if self.config.prepare else None
         self._init_state()
         _all_pools.add(self)
         if not self._inline_cleaner:
@@ -430,8 +433,11 @@ class ConnectionPool:
             mode = self.config.reset
             if mode == "always" or (record.dirty and mode == "auto"):
                 statements = [RESET_SQL]
-                if record.deallocate or mode == "always":
+                if record.deallocate:
+                    # The holder may have prepared statements of its own. Ours go too;
+                    # they are prepared again at their next use.
                     statements.append(DEALLOCATE_SQL)
+                    record.statements.clear()
                 if record.init_sql:
                     statements.append(record.init_sql)
                 with conn.cursor() as cursor:
@@ -672,6 +678,21 @@ class ConnectionPool:
         if self.tracker is None:
             return []
         return self.tracker.queries.top(n, order_by)
+
+    def add_prepare_target(
+        self, sql: str, name: str | None = None, plan_cache_mode: str | None = None
+    ) -> PrepareTarget | None:
+        """Run statements of ``sql``'s shape prepared (see prepared.py); None when the pool's
+        ``prepare`` option is off. Raises UnpreparableStatement for SQL PREPARE can't take."""
+        if self.prepared is None:
+            return None
+        return self.prepared.add(sql, name, plan_cache_mode)
+
+    def prepared_stats(self) -> list[dict[str, Any]]:
+        """Per prepare target: hits, prepares, reprepares, fallbacks."""
+        if self.prepared is None:
+            return []
+        return [target.stats() for target in self.prepared.targets()]
 
     def reset_query_stats(self) -> None:
         if self.tracker is not None:

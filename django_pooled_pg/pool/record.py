@@ -7,6 +7,7 @@ import threading
 import weakref
 from typing import Any
 
+from .prepared import new_statement_registry
 from .stacks import Stack
 
 __all__ = ["ConnectionRecord"]
@@ -19,7 +20,8 @@ class ConnectionRecord:
         "conn", "backend_pid", "opened_at", "expires_at", "idle_since", "uses", "dirty",
         "init_sql", "isolation_level", "handle_ref", "leased_at", "lease_stack", "holder",
         "cursor_stack", "execute_stack", "last_query", "query_started", "query_ended",
-        "leak_warned", "idle_tx_warned", "on_handle_lost", "parked_for", "poller", "deallocate", "encoding", "__weakref__",
+        "leak_warned", "idle_tx_warned", "on_handle_lost", "parked_for", "poller", "deallocate",
+        "encoding", "statements", "release_pending", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, conn: Any, opened_at: float, expires_at: float, init_sql: str) -> None:
@@ -42,6 +44,10 @@ class ConnectionRecord:
         #: psycopg2's isolation level as configure() left it: the baseline checkin restores
         self.isolation_level = conn.isolation_level
         self.encoding = conn.encoding
+        #: the pool's prepared statements on this connection (see prepared.py)
+        self.statements = new_statement_registry()
+        #: a prepared EXECUTE left its guard savepoint open for the next statement to release
+        self.release_pending = False
         self.handle_ref: weakref.ref[Any] | None = None
         self.on_handle_lost: Any = None  # the weakref callback, made once per connection
         #: while idle: the handle that parked it and may resume it (see handles.py)
@@ -60,7 +66,7 @@ class ConnectionRecord:
 
     def start_lease(self, now: float) -> None:
         self.uses += 1
-        self.dirty = self.deallocate = False
+        self.dirty = self.deallocate = self.release_pending = False
         self.leased_at = now
         self.cursor_stack = self.execute_stack = ()
         self.query_ended = 0.0

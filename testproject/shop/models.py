@@ -1,5 +1,6 @@
 """A small catalogue: enough tables for realistic ORM requests and multi-table joins."""
 
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 
 
@@ -34,3 +35,16 @@ class OrderLine(models.Model):
     order = models.ForeignKey(Order, on_delete=models.CASCADE)
     product = models.ForeignKey(Product, on_delete=models.CASCADE)
     quantity = models.IntegerField()
+
+
+class Review(models.Model):
+    """A row of every column type the prepared-statement tests compare, prepared and not."""
+
+    product = models.ForeignKey(Product, on_delete=models.CASCADE)
+    rating = models.IntegerField(db_index=True)
+    title = models.CharField(max_length=200)
+    body = models.TextField(null=True)
+    published = models.DateField(null=True)
+    created = models.DateTimeField()
+    details = models.JSONField(null=True)
+    tags = ArrayField(models.CharField(max_length=20), default=list)

@@ -1,0 +1,484 @@
+"""Prepared plans for hot statements: chosen SQL shapes run as server-side PREPARE/EXECUTE.
+
+psycopg2 interpolates parameters on the client and sends plain SQL, so the server parses,
+analyses and plans every statement again. For a registered *target* shape, the first
+execution on a physical connection sends ``PREPARE djpp_N (types) AS <sql with $n>``, and
+every execution sends ``EXECUTE djpp_N(values)``: the server keeps the parse tree and,
+under its ``plan_cache_mode``, the plan.
+
+What keeps this invisible to the holder:
+
+- Parameter types are declared from the Python values the way psycopg2's literal would type
+  them (an int is ``int4``, a tz-aware datetime ``timestamptz``, a str stays ``unknown`` and
+  is inferred from the context), so a prepared statement returns what the plain one would.
+  Each combination of types gets its own statement (None, then an int, is two statements).
+- ``IN (%s, %s, ...)`` lists of any length become ``= ANY($n)`` with one array parameter,
+  so one statement serves every list length.
+- Inside a transaction, PREPARE runs under a savepoint: its failure cannot abort the
+  holder's transaction. EXECUTE runs under a savepoint too (released in the round trip
+  of the holder's next statement), so that a plan the server refuses to reuse ("cached
+  plan must not change result type" after an ALTER TABLE) is prepared again and run
+  again, transparently, instead of aborting the transaction.
+- Anything that cannot be prepared runs unprepared, counted as a fallback and logged once.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import decimal
+import itertools
+import logging
+import math
+import re
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg2
+import psycopg2.extensions
+
+if TYPE_CHECKING:
+    from .record import ConnectionRecord
+
+__all__ = [
+    "PLAN_CACHE_MODES",
+    "PreparedTargets",
+    "PrepareTarget",
+    "UnpreparableStatement",
+    "release_guard_first",
+]
+
+logger = logging.getLogger(__name__)
+
+#: PostgreSQL's plan_cache_mode values a target may choose (None: the server's setting).
+PLAN_CACHE_MODES = ("auto", "force_generic_plan", "force_custom_plan")
+
+#: The savepoint that guards our statements inside the holder's transaction.
+GUARD = "djpp_guard"
+RELEASE_GUARD = f"RELEASE SAVEPOINT {GUARD}"
+_ROLLBACK_GUARD = f"ROLLBACK TO SAVEPOINT {GUARD}; RELEASE SAVEPOINT {GUARD}"
+
+_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
+_INTRANS = psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+
+#: Statements PostgreSQL's PREPARE accepts.
+_PREPARABLE = frozenset(
+    {"SELECT", "WITH", "VALUES", "TABLE", "INSERT", "UPDATE", "DELETE", "MERGE"}
+)
+_FIRST_WORD = re.compile(r"\s*\(*\s*([A-Za-z]+)")
+_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+#: psycopg2's placeholders: %s, %(name)s, and %% for a literal percent sign.
+_PLACEHOLDER = re.compile(r"%%|%s|%\([^)]*\)s|%.?")
+#: An IN list of placeholders, as Django writes it; NOT IN becomes <> ALL.
+_IN_LIST = re.compile(r"(\bNOT\s+)?\bIN\s*\(\s*%s(?:\s*,\s*%s)*\s*\)", re.IGNORECASE)
+
+
+class UnpreparableStatement(ValueError):
+    """A target whose SQL PREPARE cannot take (several statements, COPY, named placeholders)."""
+
+
+def _int_type(value: int) -> str:
+    # What PostgreSQL makes of psycopg2's literal: an integer constant is int4 if it fits.
+    if -(2**31) <= value < 2**31:
+        return "int4"
+    return "int8" if -(2**63) <= value < 2**63 else "numeric"
+
+
+def _float_type(value: float) -> str:
+    # psycopg2 writes 1.5 (a numeric constant) but 'Infinity'::float for the others.
+    return "numeric" if math.isfinite(value) else "float8"
+
+
+_TYPE_OF: dict[type, Any] = {
+    int: _int_type,
+    float: _float_type,
+    bool: lambda _: "bool",
+    decimal.Decimal: lambda _: "numeric",
+    datetime.datetime: lambda v: "timestamp" if v.tzinfo is None else "timestamptz",
+    datetime.date: lambda _: "date",
+    datetime.time: lambda v: "time" if v.tzinfo is None else "timetz",
+    datetime.timedelta: lambda _: "interval",
+    uuid.UUID: lambda _: "uuid",
+    bytes: lambda _: "bytea",
+    bytearray: lambda _: "bytea",
+    memoryview: lambda _: "bytea",
+}
+
+
+def parameter_types(arguments: Sequence[Any]) -> tuple[str, ...]:
+    """The declared type of each argument; ``unknown`` lets the server infer it, as it
+    does for psycopg2's quoted strings, NULLs, arrays and JSON."""
+    types = []
+    for value in arguments:
+        typer = _TYPE_OF.get(type(value))
+        types.append("unknown" if typer is None else typer(value))
+    return tuple(types)
+
+
+class PrepareTarget:
+    """One hot SQL shape, with its statistics. Shared by every connection of a pool."""
+
+    __slots__ = (
+        "id", "name", "shape", "body", "plan_cache_mode", "_signatures", "_failed", "_lock",
+        "hits", "prepares", "reprepares", "fallbacks",
+    )  # fmt: skip
+
+    _ids = itertools.count(1)
+
+    def __init__(self, name: str | None, shape: str, body: str, plan_cache_mode: str | None):
+        self.id = next(PrepareTarget._ids)
+        self.name = name or f"target {self.id}"
+        self.shape = shape
+        #: the statement PREPARE gets: placeholders numbered $1, $2...
+        self.body = body
+        self.plan_cache_mode = plan_cache_mode
+        #: statement name suffix per tuple of parameter types
+        self._signatures: dict[tuple[str, ...], int] = {}
+        #: parameter types PREPARE refused, with the server's message: run unprepared
+        self._failed: dict[tuple[str, ...], str] = {}
+        self._lock = threading.Lock()
+        self.hits = self.prepares = self.reprepares = self.fallbacks = 0
+
+    def statement_name(self, signature: tuple[str, ...]) -> str:
+        number = self._signatures.get(signature)
+        if number is None:
+            with self._lock:
+                number = self._signatures.setdefault(signature, len(self._signatures) + 1)
+        return f"djpp_{self.id}_{number}"
+
+    def count(self, what: str) -> None:
+        with self._lock:
+            setattr(self, what, getattr(self, what) + 1)
+
+    def fail(self, signature: tuple[str, ...], reason: str) -> None:
+        with self._lock:
+            first = signature not in self._failed
+            self._failed[signature] = reason
+        if first:
+            logger.warning(
+                "Prepared target %r (parameter types %s) cannot be prepared, it runs "
+                "unprepared: %s",
+                self.name, ", ".join(signature) or "none", reason,
+            )  # fmt: skip
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "name": self.name,
+                "sql": self.shape,
+                "plan_cache_mode": self.plan_cache_mode,
+                "hits": self.hits,
+                "prepares": self.prepares,
+                "reprepares": self.reprepares,
+                "fallbacks": self.fallbacks,
+                "type_signatures": len(self._signatures),
+                "unpreparable": dict(self._failed),
+            }
+
+    def __repr__(self) -> str:
+        return f"<PrepareTarget {self.name!r} hits={self.hits}>"
+
+
+class _Plan:
+    """How one concrete SQL string (Django's, with one IN-list length) maps onto a target."""
+
+    __slots__ = ("target", "slices", "placeholders")
+
+    def __init__(self, target: PrepareTarget, slices: tuple[Any, ...]) -> None:
+        self.target = target
+        #: per $n: the index of its parameter, or a slice (an IN list packed as an array)
+        self.slices = slices
+        self.placeholders = ", ".join(["%s"] * len(slices))
+
+    def arguments(self, params: Sequence[Any]) -> list[Any] | None:
+        try:
+            return [params[i] if type(i) is int else list(params[i]) for i in self.slices]
+        except (IndexError, TypeError, KeyError):
+            return None  # not the parameters this shape takes: run it as given
+
+
+def _rewrite(sql: str) -> tuple[str, str, tuple[Any, ...]] | None:
+    """(shape, PREPARE body, parameter slices) of ``sql``, or None if it has placeholders
+    other than %s (named ones, or a lone %)."""
+    slices: list[Any] = []
+    shape_parts: list[str] = []
+    position = 0
+    index = 0
+
+    def take_placeholders(segment: str) -> bool:
+        nonlocal index
+        last = 0
+        for match in _PLACEHOLDER.finditer(segment):
+            if match.group() == "%s":
+                slices.append(index)
+                index += 1
+            elif match.group() != "%%":
+                return False
+            shape_parts.append(segment[last : match.end()])
+            last = match.end()
+        shape_parts.append(segment[last:])
+        return True
+
+    for match in _IN_LIST.finditer(sql):
+        if not take_placeholders(sql[position : match.start()]):
+            return None
+        count = match.group().count("%s")
+        slices.append(slice(index, index + count))
+        index += count
+        shape_parts.append("<> ALL(%s)" if match.group(1) else "= ANY(%s)")
+        position = match.end()
+    if not take_placeholders(sql[position:]):
+        return None
+    shape = "".join(shape_parts)
+    numbers = itertools.count(1)
+    body = _PLACEHOLDER.sub(lambda m: "%" if m.group() == "%%" else f"${next(numbers)}", shape)
+    return shape, body, tuple(slices)
+
+
+def check_preparable(sql: str) -> None:
+    """Raise UnpreparableStatement unless PREPARE can take ``sql``."""
+    if not isinstance(sql, str):
+        raise UnpreparableStatement(f"a prepare target must be SQL text, not {type(sql).__name__}")
+    match = _FIRST_WORD.match(sql)
+    first = match.group(1).upper() if match else ""
+    if first not in _PREPARABLE:
+        raise UnpreparableStatement(
+            f"PREPARE takes only {', '.join(sorted(_PREPARABLE))} statements, not "
+            f"{first or 'this'}: {sql[:80]!r}"
+        )
+    unquoted = _QUOTED.sub("''", sql)
+    if re.search(r";\s*\S", unquoted):
+        raise UnpreparableStatement(f"a prepare target must be one statement: {sql[:80]!r}")
+    if re.search(r"\$\d", unquoted):
+        raise UnpreparableStatement(f"a prepare target uses %s placeholders, not $n: {sql[:80]!r}")
+    if _rewrite(sql) is None:
+        raise UnpreparableStatement(
+            f"a prepare target may use only %s placeholders (and %% for a literal %): {sql[:80]!r}"
+        )
+
+
+_UNSEEN = object()
+
+
+class PreparedTargets:
+    """A pool's targets, and the lookup from an executed SQL string to its target."""
+
+    #: SQL strings remembered with their verdict (applications send the same few again).
+    MAX_PLANS = 20_000
+
+    def __init__(self, max_prepared: int) -> None:
+        self.max_prepared = max_prepared
+        self._targets: dict[str, PrepareTarget] = {}
+        self._plans: dict[str, _Plan | None] = {}
+        self._lock = threading.Lock()
+
+    def add(
+        self, sql: str, name: str | None = None, plan_cache_mode: str | None = None
+    ) -> PrepareTarget:
+        """Make ``sql``'s shape a target (the same shape twice is one target)."""
+        check_preparable(sql)
+        if plan_cache_mode is not None and plan_cache_mode not in PLAN_CACHE_MODES:
+            raise ValueError(
+                f"plan_cache_mode must be None (the server's setting) or one of "
+                f"{', '.join(map(repr, PLAN_CACHE_MODES))}, not {plan_cache_mode!r}"
+            )
+        rewritten = _rewrite(sql)
+        assert rewritten is not None
+        shape, body, _ = rewritten
+        with self._lock:
+            target = self._targets.get(shape)
+            if target is None:
+                target = self._targets[shape] = PrepareTarget(name, shape, body, plan_cache_mode)
+            else:
+                target.plan_cache_mode = plan_cache_mode
+                if name:
+                    target.name = name
+            self._plans.clear()  # verdicts of "no target" may be wrong now
+        return target
+
+    def clear(self) -> None:
+        with self._lock:
+            self._targets.clear()
+            self._plans.clear()
+
+    def targets(self) -> list[PrepareTarget]:
+        return list(self._targets.values())
+
+    def plan_for(self, sql: Any) -> _Plan | None:
+        """The plan of an executed SQL string, or None: one dict lookup once warm."""
+        if not self._targets or type(sql) is not str:
+            return None
+        plan = self._plans.get(sql, _UNSEEN)
+        if plan is not _UNSEEN:
+            return plan  # type: ignore[return-value]
+        rewritten = _rewrite(sql)
+        plan = None
+        if rewritten is not None:
+            target = self._targets.get(rewritten[0])
+            if target is not None:
+                plan = _Plan(target, rewritten[2])
+        if len(self._plans) >= self.MAX_PLANS:
+            self._plans.clear()
+        self._plans[sql] = plan
+        return plan
+
+    # -- execution ------------------------------------------------------------------------
+
+    def execute(
+        self, cursor: Any, record: ConnectionRecord, plan: _Plan, query: str, params: Any
+    ) -> None:
+        """Run ``query`` with ``params`` on ``cursor`` (a raw psycopg2 cursor of the record's
+        connection) as EXECUTE of the target's statement, or unprepared when that fails."""
+        target = plan.target
+        conn = record.conn
+        status = conn.get_transaction_status()
+        arguments = plan.arguments(params) if status in (_IDLE, _INTRANS) else None
+        if arguments is None:  # a failed transaction, or parameters of another shape
+            target.count("fallbacks")
+            run_unprepared(cursor, record, query, params)
+            return
+        signature = parameter_types(arguments)
+        key = (target.id, signature)
+        statements = record.statements
+        name = statements.get(key)
+        guarded = status == _INTRANS or not conn.autocommit
+        if name is None:
+            name = self._prepare(cursor, record, target, key, guarded)
+            if name is None:
+                target.count("fallbacks")
+                run_unprepared(cursor, record, query, params)
+                return
+        else:
+            statements.move_to_end(key)
+        mode = target.plan_cache_mode
+        sql = f"EXECUTE {name}({plan.placeholders})" if arguments else f"EXECUTE {name}"
+        if mode is not None:
+            # SET LOCAL: until the end of this statement's implicit transaction, or of
+            # the holder's transaction; never into the next lease.
+            sql = f"SET LOCAL plan_cache_mode = {mode}; {sql}"
+        try:
+            self._run_guarded(cursor, record, sql, arguments, guarded)
+        except psycopg2.Error as error:
+            if not _plan_went_stale(error) or conn.closed:
+                raise
+            # The server refuses the cached statement (its result type changed, or it is
+            # gone): prepare it again and run it again, still inside the guard.
+            if guarded:
+                cursor.execute(_ROLLBACK_GUARD)
+            statements.pop(key, None)
+            if error.pgcode != "26000":  # 26000: it no longer exists
+                cursor.execute(f"DEALLOCATE {name}")
+            target.count("reprepares")
+            if self._prepare(cursor, record, target, key, guarded, counted=False) is None:
+                target.count("fallbacks")
+                run_unprepared(cursor, record, query, params)
+                return
+            self._run_guarded(cursor, record, sql, arguments, guarded)
+        target.count("hits")
+
+    @staticmethod
+    def _run_guarded(
+        cursor: Any, record: ConnectionRecord, sql: str, arguments: list[Any], guarded: bool
+    ) -> None:
+        if not guarded:
+            cursor.execute(sql, arguments)
+            return
+        prefix = f"{RELEASE_GUARD}; " if record.release_pending else ""
+        record.release_pending = False
+        # The savepoint stays open after a success: the holder's next statement releases
+        # it in its own round trip (see release_guard_first), since psycopg2 returns the
+        # result of the last statement of a string and that must be the EXECUTE.
+        cursor.execute(f"{prefix}SAVEPOINT {GUARD}; {sql}", arguments)
+        record.release_pending = True
+
+    def _prepare(
+        self,
+        cursor: Any,
+        record: ConnectionRecord,
+        target: PrepareTarget,
+        key: tuple[int, tuple[str, ...]],
+        guarded: bool,
+        counted: bool = True,
+        retry: bool = True,
+    ) -> str | None:
+        """PREPARE the target for these parameter types on this connection; its name, or
+        None when the server refused (the target then runs unprepared for these types)."""
+        signature = key[1]
+        if signature in target._failed:
+            return None
+        name = target.statement_name(signature)
+        statements = record.statements
+        evicted = []
+        while len(statements) >= self.max_prepared:  # least recently used first
+            evicted.append(statements.popitem(last=False)[1])
+        types = f" ({', '.join(signature)})" if signature else ""
+        parts = [f"DEALLOCATE {old}" for old in evicted]
+        parts.append(f"PREPARE {name}{types} AS {target.body}")
+        if guarded:
+            parts = [f"SAVEPOINT {GUARD}", *parts, RELEASE_GUARD]
+            if record.release_pending:
+                parts.insert(0, RELEASE_GUARD)
+        record.release_pending = False
+        try:
+            cursor.execute("; ".join(parts))  # no parameters: % in the body stays as it is
+        except psycopg2.Error as error:
+            if record.conn.closed:
+                raise
+            if guarded:
+                cursor.execute(_ROLLBACK_GUARD)
+            if retry and error.pgcode in ("26000", "42P05"):
+                # Our bookkeeping was wrong: the holder ran DEALLOCATE or DISCARD itself,
+                # or a statement of ours survived it. Start from a clean slate, once.
+                statements.clear()
+                if error.pgcode == "42P05":  # "already exists"
+                    cursor.execute(f"DEALLOCATE {name}")
+                return self._prepare(cursor, record, target, key, guarded, counted, retry=False)
+            target.fail(signature, str(error).strip().splitlines()[0])
+            return None
+        statements[key] = name
+        if counted:
+            target.count("prepares")
+        return name
+
+
+def _plan_went_stale(error: psycopg2.Error) -> bool:
+    # 0A000 "cached plan must not change result type" after a schema change; 26000: the
+    # statement is gone (the holder deallocated it).
+    return error.pgcode == "26000" or (error.pgcode == "0A000" and "cached plan" in str(error))
+
+
+def run_unprepared(cursor: Any, record: ConnectionRecord, query: Any, params: Any) -> None:
+    if record.release_pending:
+        release_guard_first(cursor, record, query, params, cursor.execute)
+    else:
+        cursor.execute(query, params)
+
+
+def release_guard(cursor: Any, record: ConnectionRecord) -> None:
+    """Release the guard savepoint the last prepared EXECUTE left open, in a round trip of
+    its own (for statements that cannot carry it, like COPY)."""
+    record.release_pending = False
+    if record.conn.get_transaction_status() == _INTRANS:
+        with record.conn.cursor() as plain:  # ``cursor`` may be a named one (DECLARE)
+            plain.execute(RELEASE_GUARD)
+
+
+def release_guard_first(
+    cursor: Any, record: ConnectionRecord, query: Any, params: Any, method: Any
+) -> Any:
+    """Run ``method(query, params)`` after releasing the guard savepoint left open by the
+    last prepared EXECUTE: in the same round trip when the query is a string."""
+    record.release_pending = False
+    if record.conn.get_transaction_status() != _INTRANS:
+        return method(query, params)  # the transaction ended: so did the savepoint
+    if type(query) is str and method == cursor.execute and cursor.name is None:
+        return method(f"{RELEASE_GUARD}; {query}", params)
+    release_guard(cursor, record)
+    return method(query, params)
+
+
+def new_statement_registry() -> collections.OrderedDict[Any, str]:
+    """Per connection: (target id, parameter types) -> statement name, least recent first."""
+    return collections.OrderedDict()
