@@ -270,6 +270,18 @@ class ReuseTests(PreparedTestCase):
         self.assertEqual(stats_of("reset")["prepares"], 1)
         self.assertEqual(len(server_statements()), 1)
 
+    def test_reset_always_keeps_the_pools_statements(self):
+        connection.close()
+        from django_pooled_pg.conf import configure_pool
+
+        configure_pool("default", max_size=1, reset="always")
+        connection.database.add_prepare_target(Review.objects.filter(rating=1), name="always")
+        for rating in (1, 2):
+            list(Review.objects.filter(rating=rating))
+            connection.close()
+        self.assertEqual(connection.database.get_stats()["resets_num"], 2)
+        self.assertEqual(stats_of("always")["prepares"], 1)
+
     def test_the_holders_own_prepare_makes_the_reset_deallocate_and_ours_come_back(self):
         connection.database.add_prepare_target(Review.objects.filter(rating=1), name="mine")
         list(Review.objects.filter(rating=1))
@@ -563,3 +575,45 @@ class GuardReleaseTests(PreparedTestCase):
                 cursor.execute("SELECT count(*) FROM pg_prepared_statements")
                 self.assertEqual(cursor.fetchone(), (1,))
         self.assertEqual(stats_of("guard")["hits"], 4)
+
+
+class StartupRegistrationTests(PreparedTestCase):
+    def test_the_shops_ready_registers_its_join_and_the_orders_view_runs_prepared(self):
+        from django.apps import apps
+        from django.test import Client
+        from django.utils import timezone
+        from shop.models import Customer, Order, OrderLine
+
+        customer = Customer.objects.create(name="prep customer", city="Prepville")
+        self.addCleanup(customer.delete)
+        for days in (1, 3, 40):
+            order = Order.objects.create(
+                customer=customer, placed=timezone.now() - datetime.timedelta(days=days)
+            )
+            OrderLine.objects.create(order=order, product=self.products[days % 3], quantity=days)
+        targets.clear_prepare_targets()
+        apps.get_app_config("shop").ready()  # what startup did
+        client = Client()
+        seen = [
+            [line["quantity"] for line in client.get(
+                "/orders/", {"city": "Prepville", "country": "FI", "days": days}).json()["lines"]]
+            for days in (2, 10, 100)
+        ]  # fmt: skip
+        self.assertEqual(seen, [[1], [1, 3], [1, 3, 40]])
+        stats = stats_of("recent order lines")
+        self.assertEqual((stats["hits"], stats["fallbacks"]), (3, 0))
+
+
+class QueryLogTests(PreparedTestCase):
+    def test_djangos_query_log_shows_the_statement_not_the_execute(self):
+        from django.test.utils import CaptureQueriesContext
+
+        connection.database.add_prepare_target(Review.objects.filter(rating=1), name="log")
+        with CaptureQueriesContext(connection) as captured:
+            list(Review.objects.filter(rating=4))
+            list(Category.objects.filter(pk=987654))  # unprepared after a prepared one
+        first, second = (q["sql"] for q in captured.captured_queries)
+        self.assertTrue(first.startswith('SELECT "shop_review"."id"'), first)
+        self.assertIn('"shop_review"."rating" = 4', first)
+        self.assertIn('"shop_category"."id" = 987654', second)
+        self.assertEqual(stats_of("log")["hits"], 1)

@@ -206,7 +206,7 @@ class PooledCursor:
     """A psycopg2 cursor that refuses work once its lease has ended, and notes statements
     that may change session state so that the return knows whether a full reset is due."""
 
-    __slots__ = ("_cursor", "_handle", "_lease", "_record", "_tracker", "_prepared")
+    __slots__ = ("_cursor", "_handle", "_lease", "_record", "_tracker", "_prepared", "_shown")
 
     _cursor: Any
     _handle: ConnectionHandle
@@ -225,6 +225,8 @@ class PooledCursor:
         setattr_(self, "_tracker", handle._pool.tracker)
         # Named cursors (DECLARE ... FOR) cannot run EXECUTE: they never run prepared.
         setattr_(self, "_prepared", handle._pool.prepared if cursor.name is None else None)
+        #: (query, params) of the last execute() when it ran prepared: what ``query`` shows
+        setattr_(self, "_shown", None)
 
     def _live(self) -> Any:
         if self._lease != self._handle._lease:
@@ -255,8 +257,11 @@ class PooledCursor:
             if plan is not None:
                 record = self._record
                 run = lambda q, a: prepared.execute(cursor, record, plan, q, a)  # noqa: E731
+                object.__setattr__(self, "_shown", (query, vars))
                 self._run(run, query, vars, releases_guard=True)
                 return
+            if self._shown is not None:
+                object.__setattr__(self, "_shown", None)
         self._run(cursor.execute, query, vars)
 
     def executemany(self, query: Any, vars_list: Any) -> None:
@@ -318,6 +323,16 @@ class PooledCursor:
     @property
     def connection(self) -> ConnectionHandle:
         return self._handle
+
+    @property
+    def query(self) -> bytes | None:
+        """The last statement as sent; for a prepared run, the statement it stands for (so
+        that Django's query log and debug tools show the SELECT, not the EXECUTE)."""
+        cursor = self._live()
+        shown = self._shown
+        if shown is not None:
+            return cursor.mogrify(*shown)  # type: ignore[no-any-return]
+        return cursor.query  # type: ignore[no-any-return]
 
     @property
     def closed(self) -> bool:

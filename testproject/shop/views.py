@@ -1,11 +1,14 @@
 """Views that exercise the pool the way real requests do."""
 
+import datetime
 import os
 
 from django.db import connection
 from django.http import Http404, JsonResponse
+from django.utils import timezone
 
 from .models import Product
+from .queries import recent_order_lines
 
 
 def index(request):
@@ -33,5 +36,24 @@ def product(request, pk):
     )
 
 
+def orders(request):
+    """Recent order lines for a city and a country: a six-table join, run prepared."""
+    since = timezone.now() - datetime.timedelta(days=int(request.GET.get("days", 30)))
+    lines = recent_order_lines(request.GET.get("city", "Helsinki"),
+                               request.GET.get("country", "FI"), since)  # fmt: skip
+    return JsonResponse({
+        "lines": [
+            {"order": line.order_id, "customer": line.order.customer.name,
+             "product": line.product.name, "category": line.product.category.name,
+             "supplier": line.product.supplier.name, "quantity": line.quantity}
+            for line in lines
+        ]
+    })  # fmt: skip
+
+
 def pool_stats(request):
-    return JsonResponse({"worker_pid": os.getpid(), **connection.database.get_stats()})
+    return JsonResponse({
+        "worker_pid": os.getpid(),
+        **connection.database.get_stats(),
+        "prepared": connection.database.prepared_stats(),
+    })  # fmt: skip
