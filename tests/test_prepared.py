@@ -297,15 +297,28 @@ class ReuseTests(PreparedTestCase):
     def test_deallocate_within_a_lease_is_repaired(self):
         connection.database.add_prepare_target(Review.objects.filter(rating=1), name="gone")
         list(Review.objects.filter(rating=1))
-        with connection.cursor() as cursor:
-            cursor.execute("DEALLOCATE ALL")
-        self.assertEqual(len(list(Review.objects.filter(rating=2))), 3)
-        with transaction.atomic():
+        with self.assertNoLogs("django_pooled_pg", "WARNING"):
             with connection.cursor() as cursor:
                 cursor.execute("DEALLOCATE ALL")
-            self.assertEqual(len(list(Review.objects.filter(rating=3))), 2)
+            self.assertEqual(len(list(Review.objects.filter(rating=2))), 3)
+            with transaction.atomic():
+                with connection.cursor() as cursor:
+                    cursor.execute("DEALLOCATE ALL")
+                self.assertEqual(len(list(Review.objects.filter(rating=3))), 2)
         stats = stats_of("gone")
         self.assertEqual((stats["hits"], stats["reprepares"], stats["fallbacks"]), (3, 2, 0))
+
+    def test_a_statement_vanishing_unseen_warns_about_pgbouncer(self):
+        connection.database.add_prepare_target(Review.objects.filter(rating=1), name="bouncer")
+        list(Review.objects.filter(rating=1))
+        # As if a transaction-mode PgBouncer had switched server connections: the statement
+        # is gone and nothing the holder sent through the pool explains it.
+        with connection.connection._conn.cursor() as raw:
+            raw.execute("DEALLOCATE ALL")
+        with self.assertLogs("django_pooled_pg", "WARNING") as logs:
+            self.assertEqual(len(list(Review.objects.filter(rating=2))), 3)
+        self.assertIn("PgBouncer", logs.output[0])
+        self.assertEqual(stats_of("bouncer")["reprepares"], 1)
 
     def test_least_recently_used_statement_is_deallocated_at_the_cap(self):
         connection.close()

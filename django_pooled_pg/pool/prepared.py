@@ -273,6 +273,19 @@ class PreparedTargets:
         self._targets: dict[str, PrepareTarget] = {}
         self._plans: dict[str, _Plan | None] = {}
         self._lock = threading.Lock()
+        self._warned_vanished = False
+
+    def _vanished(self) -> None:
+        # Our statement is gone though the holder sent nothing that drops statements: the
+        # usual cause is a PgBouncer in transaction mode handing each transaction another
+        # server connection. Everything still works, re-preparing every time; say it once.
+        if not self._warned_vanished:
+            self._warned_vanished = True
+            logger.warning(
+                "A prepared statement vanished from its connection. If the connections go "
+                "through PgBouncer in transaction or statement mode, set "
+                "OPTIONS['pool']['prepare'] = False: prepared statements cannot work there."
+            )
 
     def add(
         self, sql: str, name: str | None = None, plan_cache_mode: str | None = None
@@ -370,6 +383,8 @@ class PreparedTargets:
             statements.pop(key, None)
             if error.pgcode != "26000":  # 26000: it no longer exists
                 cursor.execute(f"DEALLOCATE {name}")
+            elif not record.deallocate:
+                self._vanished()
             target.count("reprepares")
             if self._prepare(cursor, record, target, key, guarded, counted=False) is None:
                 target.count("fallbacks")

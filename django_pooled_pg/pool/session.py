@@ -19,11 +19,13 @@ RESET_SQL = (
 #: pool's statements (kept by RESET_SQL) are prepared again lazily, the user's must go.
 DEALLOCATE_SQL = "DEALLOCATE ALL"
 
-_PREPARE = re.compile(r"\bprepare\b", re.IGNORECASE)
+_PREPARE = re.compile(r"\b(?:prepare|deallocate|discard)\b", re.IGNORECASE)
 
 
 def may_prepare(sql: str) -> bool:
-    """True if ``sql`` may create a prepared statement (PREPARE, also inside DO/EXECUTE)."""
+    """True if ``sql`` may create or drop prepared statements (PREPARE, DEALLOCATE, DISCARD,
+    also inside DO/EXECUTE): the return then deallocates them all, and the pool forgets its
+    own, which are prepared again at their next use."""
     return _PREPARE.search(sql) is not None
 
 
