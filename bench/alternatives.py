@@ -41,7 +41,23 @@ More workloads:
 "join" = one ORM queryset per request over 6 tables (testproject/shop, load_demo_data's rows):
   OrderLine select_related order__customer, product__category, product__supplier, filtered on
   customer city, supplier country and order placed >= (varying), ordered by -placed, [:20].
-  Unprepared only: prepared plans are not implemented yet.
+  Run UNPREPARED by every contender, django_pooled_pg included.
+"join_prepared" = the same request, with the join's queryset made a prepare target of
+  django_pooled_pg (add_prepare_target(queryset, using="default", name="join"), the server's
+  plan_cache_mode): it runs as PREPARE once per connection, then EXECUTE. Only "pooled" runs
+  it; the others cannot prepare plans (psycopg2/psycopg 3 through Django send plain SQL), so
+  the coordinator never sends it to them: "n/a" in the table and charts, null in the JSON.
+  Worker protocol: one alias, one pool, the same request function for both workloads. The
+  pooled worker starts with no target (it clears any an app's ready() registered), registers
+  the join's target when a join_prepared run starts (before its warm-up) and clears it
+  (clear_prepare_targets("default")) when the run ends, so "join" in the same worker never
+  has a target: each join result reports the alias's targets (must be 0), each join_prepared
+  result its target's hits/prepares/reprepares/fallbacks from prepared_stats() (verified:
+  hits >= the timed requests, fallbacks 0; else listed under ERRORS). Each registration is a
+  new target, prepared again on the connection in that round's warm-up; the statements of
+  earlier rounds stay on the server session, unused (a few, far under max_prepared).
+  Ratios of join_prepared against unpooled/persistent use their "join" runs of the same round
+  (the same request, which is all they can run); "vs join" is pooled's own join, same round.
 
 CPU placement (--pin same, default): the cluster, PgBouncer and every worker share one CPU (as
 request_cycle.py --pin same: stable, and the client's Python cost shows); the coordinator and
@@ -71,7 +87,13 @@ ROOT = os.path.dirname(HERE)
 VENVS = os.path.join(HERE, ".venvs")
 RESULTS = os.path.join(HERE, "results")
 ORM_ROWS = 300
-WORKLOADS = ["cycle", "orm", "threads32", "churn", "join"]
+WORKLOADS = ["cycle", "orm", "threads32", "churn", "join", "join_prepared"]
+#: workloads only some contenders can run (the others: "n/a"), with the reason
+ONLY_FOR = {"join_prepared": ({"pooled"}, "cannot prepare plans")}
+#: the workload whose runs are the same request for contenders that cannot run this one
+SAME_REQUEST = {"join_prepared": "join"}
+PREPARED_KEYS = ("hits", "prepares", "reprepares", "fallbacks")
+
 THREADS = 32  # threads32: threads per worker; the pooled contenders are capped at POOL_CAP
 POOL_CAP = 8
 JOIN_CITIES = ["Helsinki", "Berlin", "Paris", "Tokyo"]  # load_demo_data's values
@@ -82,9 +104,12 @@ TITLES = {
     "threads32": f"{THREADS} threads x request cycle (SELECT 1), pools capped at max {POOL_CAP}"
     " (persistent: 32 sessions; PgBouncer default_pool_size 8)",
     "churn": "churn: request cycle (SELECT 1) then connections.close_all() (as tasks/commands)",
-    "join": "complex join, UNPREPARED (prepared plans not implemented yet): OrderLine "
-    "select_related order__customer, product__category, product__supplier;\n  filter city, "
-    "country, placed >= ; order_by -placed [:20]; 6 tables, parameters vary per request",
+    "join": "complex join, UNPREPARED: OrderLine select_related order__customer, "
+    "product__category, product__supplier;\n  filter city, country, placed >= ; order_by "
+    "-placed [:20]; 6 tables, parameters vary per request",
+    "join_prepared": "the same complex join, PREPARED: django_pooled_pg with the queryset as "
+    "add_prepare_target() (PREPARE once per connection, then EXECUTE);\n  the others cannot "
+    "prepare plans: n/a (vs unpooled / vs persistent: against their join runs, same round)",
 }
 SHORT_TITLES = {
     "cycle": "request cycle (SELECT 1)",
@@ -92,6 +117,7 @@ SHORT_TITLES = {
     "threads32": f"{THREADS} threads, SELECT 1, pools max {POOL_CAP}",
     "churn": "SELECT 1 + connections.close_all()",
     "join": "6-table join (unprepared)",
+    "join_prepared": "6-table join, prepared (django_pooled_pg only)",
 }
 ORDER = ["unpooled", "persistent", "pooled", "django_pool", "dbcp", "pgbouncer"]
 LABELS_T = {  # threads32
@@ -118,6 +144,12 @@ SHORT = {
     "dbcp": "django-db-conn-pool",
     "pgbouncer": "PgBouncer + unpooled",
 }
+
+
+def runners(workload: str, active: list[str]) -> list[str]:
+    """The contenders that run ``workload`` (all, unless ONLY_FOR limits it)."""
+    only = ONLY_FOR.get(workload)
+    return [n for n in active if only is None or n in only[0]]
 
 
 # =========================================================================================
@@ -150,6 +182,10 @@ def worker_main(config: dict) -> int:
         DATABASES={"default": config["database"], "threads": config["threads_database"]},
     )
     django.setup()
+    if config["name"] == "pooled":  # targets an app's ready() registered: not the contender's
+        from django_pooled_pg.targets import clear_prepare_targets
+
+        clear_prepare_targets()
     from django.core.signals import request_finished, request_started
     from django.db import connections
     from shop.models import Category, Order, OrderLine
@@ -200,12 +236,8 @@ def worker_main(config: dict) -> int:
     ]
     join_counter = [0]
 
-    def join() -> None:
-        i = join_counter[0]
-        join_counter[0] = i + 1
-        city, country, since = join_params[i % len(join_params)]
-        request_started.send(sender=None)
-        lines = list(
+    def join_queryset(city: str, country: str, since: datetime.datetime):
+        return (
             OrderLine.objects.select_related(
                 "order__customer", "product__category", "product__supplier"
             )
@@ -216,11 +248,33 @@ def worker_main(config: dict) -> int:
             )
             .order_by("-order__placed")[:20]
         )
+
+    def join() -> None:  # join_prepared too: the same request, the target makes the difference
+        i = join_counter[0]
+        join_counter[0] = i + 1
+        request_started.send(sender=None)
+        lines = list(join_queryset(*join_params[i % len(join_params)]))
         for line in lines:  # touch the joined objects as a view would
             _ = (line.order.customer.name, line.product.category.name, line.product.supplier.name)
         request_finished.send(sender=None)
 
-    cycles = {"cycle": cycle, "orm": orm, "churn": churn, "join": join}
+    cycles = {"cycle": cycle, "orm": orm, "churn": churn, "join": join, "join_prepared": join}
+
+    def prepared_targets() -> list[dict]:  # the alias's prepare targets, with their counters
+        return connections["default"].database.prepared_stats()
+
+    def register_join_target() -> None:  # around join_prepared runs only (see the docstring)
+        import django_pooled_pg
+
+        django_pooled_pg.add_prepare_target(
+            join_queryset(*join_params[0]), using="default", name="join"
+        )
+
+    def clear_join_target() -> None:
+        from django_pooled_pg.targets import clear_prepare_targets
+
+        clear_prepare_targets("default")
+
     crew: ThreadCrew | None = None
     versions = {"python": platform.python_version(), "django": django.__version__}
     try:
@@ -257,13 +311,32 @@ def worker_main(config: dict) -> int:
                 crew = ThreadCrew(THREADS, lambda: cycle("threads"), connections)
             proto.write(json.dumps(crew.run(command["seconds"], command.get("warmup", 5))) + "\n")
             continue
-        run = cycles[command["workload"]]
-        for _ in range(command.get("warmup", 20)):
-            run()
-        start = perf()
-        latencies = timed_until(run, start + int(command["seconds"] * 1e9))
-        elapsed = (perf() - start) / 1e9
-        proto.write(json.dumps(run_result(latencies, elapsed)) + "\n")
+        workload = command["workload"]
+        run = cycles[workload]
+        if workload == "join_prepared":
+            if config["name"] != "pooled":  # the coordinator never asks; refuse all the same
+                proto.write(json.dumps({"error": f"{config['name']} cannot prepare"}) + "\n")
+                continue
+            register_join_target()
+        try:
+            for _ in range(command.get("warmup", 20)):
+                run()
+            start = perf()
+            latencies = timed_until(run, start + int(command["seconds"] * 1e9))
+            elapsed = (perf() - start) / 1e9
+            result = run_result(latencies, elapsed)
+            if config["name"] == "pooled" and workload.startswith("join"):
+                targets = prepared_targets()
+                result["prepare_targets"] = len(targets)  # join: must be 0
+                if workload == "join_prepared":  # this run's own target (warm-up included)
+                    result["prepared"] = {
+                        k: sum(t[k] for t in targets)
+                        for k in ("hits", "prepares", "reprepares", "fallbacks")
+                    }
+        finally:
+            if workload == "join_prepared":
+                clear_join_target()
+        proto.write(json.dumps(result) + "\n")
     if crew is not None:
         crew.stop()
     connections.close_all()
@@ -728,10 +801,12 @@ def main() -> int:
             f"{args.rounds} rounds x {len(WORKLOADS)} workloads x {len(active)} contenders x "
             f"{args.seconds:g} s; {placement}"
         )
-        runs: dict[str, dict[str, list[dict]]] = {w: {n: [] for n in active} for w in WORKLOADS}
+        runs: dict[str, dict[str, list[dict]]] = {
+            w: {n: [] for n in runners(w, active)} for w in WORKLOADS
+        }
         for round_index in range(args.rounds):
             for workload in WORKLOADS:
-                for name in active:
+                for name in runs[workload]:  # the others: n/a (ONLY_FOR)
                     if workload == "threads32":  # per thread
                         warmup = 1 if name == "unpooled" else 5
                     else:
@@ -739,7 +814,7 @@ def main() -> int:
                     runs[workload][name].append(workers[name].run(workload, args.seconds, warmup))
                 log(
                     f"  round {round_index + 1} {workload:<5} "
-                    + "  ".join(f"{n} {runs[workload][n][-1]['rps']:,.0f}/s" for n in active)
+                    + "  ".join(f"{n} {r[-1]['rps']:,.0f}/s" for n, r in runs[workload].items())
                 )
         sampler.stop()
         sessions = {n: sampler.maxima.get(n, 0) for n in active}
@@ -760,10 +835,17 @@ def main() -> int:
             except OSError:
                 pass
 
-    summary: dict[str, dict[str, dict]] = {}
+    summary: dict[str, dict[str, dict | None]] = {}
+    not_applicable: dict[str, dict[str, str]] = {}
     for workload in WORKLOADS:
+        if not runs[workload]:  # nobody could run it (--only)
+            continue
         summary[workload] = {}
         for name in active:
+            if name not in runs[workload]:
+                summary[workload][name] = None  # n/a
+                not_applicable.setdefault(workload, {})[name] = ONLY_FOR[workload][1]
+                continue
             rounds = runs[workload][name]
             summary[workload][name] = {
                 "median_rps": statistics.median(r["rps"] for r in rounds),
@@ -773,27 +855,53 @@ def main() -> int:
                 "p99_us": statistics.median(r["p99_us"] for r in rounds),
                 "rounds": rounds,
             }
-        for name in active:
-            entry = summary[workload][name]
+        same = SAME_REQUEST.get(workload)
+        for name in runs[workload]:
+            references = {}  # ratio key: (workload, contender) whose runs divide this one's
             for base in ("unpooled", "persistent"):
-                if base in summary[workload]:
-                    entry[f"vs_{base}"] = (
-                        entry["median_rps"] / summary[workload][base]["median_rps"]
-                    )
-                    entry[f"vs_{base}_per_round"] = [
-                        a["rps"] / b["rps"]
-                        for a, b in zip(runs[workload][name], runs[workload][base], strict=True)
-                    ]
+                if base in runs[workload]:
+                    references[f"vs_{base}"] = (workload, base)
+                elif same is not None and base in runs[same]:  # n/a: the same request
+                    references[f"vs_{base}"] = (same, base)
+            if same is not None and name in runs[same]:  # e.g. vs_join: its own unprepared join
+                references[f"vs_{same}"] = (same, name)
+            entry = summary[workload][name]
+            for key, (of, base) in references.items():
+                entry[key] = entry["median_rps"] / statistics.median(
+                    r["rps"] for r in runs[of][base]
+                )
+                entry[f"{key}_per_round"] = [
+                    a["rps"] / b["rps"]
+                    for a, b in zip(runs[workload][name], runs[of][base], strict=True)
+                ]
 
     for name in active:
         summary["threads32"][name]["max_server_sessions"] = sessions_threads[name]
     errors = {
-        f"{w}/{n}": r["errors"] for w in WORKLOADS for n in active for r in runs[w][n]
-        if r.get("errors")
+        f"{w}/{n}": r["errors"] for w in WORKLOADS for n, rounds in runs[w].items()
+        for r in rounds if r.get("errors")
     }  # fmt: skip
+    # django_pooled_pg's join must have run unprepared, its join_prepared prepared
+    if "pooled" in runs["join"]:
+        targets = max(r["prepare_targets"] for r in runs["join"]["pooled"])
+        summary["join"]["pooled"]["prepare_targets"] = targets
+        if targets:
+            errors["join/pooled"] = [f"{targets} prepare target(s) during the unprepared join"]
+    prepared = None
+    if "pooled" in runs["join_prepared"]:
+        per_round = [r["prepared"] for r in runs["join_prepared"]["pooled"]]
+        prepared = {k: sum(p[k] for p in per_round) for k in PREPARED_KEYS}
+        prepared["verified"] = all(
+            p["hits"] >= r["count"] and p["fallbacks"] == 0  # every timed request an EXECUTE
+            for p, r in zip(per_round, runs["join_prepared"]["pooled"], strict=True)
+        ) and prepared["hits"] > 0  # fmt: skip
+        prepared["per_round"] = per_round
+        summary["join_prepared"]["pooled"]["prepared"] = prepared
+        if not prepared["verified"]:
+            errors["join_prepared/pooled"] = [f"did not run prepared: {per_round}"]
 
     pooled_names = ("pooled", "django_pool", "dbcp", "pgbouncer")
-    for workload in WORKLOADS:
+    for workload in summary:
         title = TITLES[workload]
         log(f"\n{title}\n  (median of {args.rounds} rounds; ratios: per-round range)")
         log(
@@ -802,6 +910,10 @@ def main() -> int:
         )
         for name in active:
             e = summary[workload][name]
+            if e is None:
+                why = f"n/a ({not_applicable[workload][name]})"
+                log(f"  {LABELS[name]:<44}{why:>43}")
+                continue
             vs_u = f"{e['vs_unpooled']:.1f}x" if "vs_unpooled" in e else "-"
             if "vs_persistent" in e:
                 rng = e["vs_persistent_per_round"]
@@ -817,6 +929,27 @@ def main() -> int:
             log(
                 f"  {label:<44}{e['median_rps']:>8,.0f}{vs_u:>13}{vs_p:>22}"
                 f"{e['p50_us']:>8.0f}{e['p99_us']:>8.0f}{count:>9}{mark}"
+            )
+        same = SAME_REQUEST.get(workload)
+        for name in runs[workload]:
+            e = summary[workload][name]
+            if same is not None and f"vs_{same}" in e:
+                rng = e[f"vs_{same}_per_round"]
+                log(
+                    f"  {SHORT[name]} {workload} vs {same}: {e['median_rps']:,.0f} / "
+                    f"{summary[same][name]['median_rps']:,.0f} req/s = {e[f'vs_{same}']:.2f}x "
+                    f"({min(rng):.2f}-{max(rng):.2f}); p50 {e['p50_us']:.0f} vs "
+                    f"{summary[same][name]['p50_us']:.0f} us"
+                )
+        if workload == "join_prepared" and prepared is not None:
+            log(
+                "  prepared_stats() over the runs (warm-ups included): "
+                + ", ".join(f"{k} {prepared[k]:,}" for k in PREPARED_KEYS)
+                + (
+                    "; verified: every timed request an EXECUTE, no fallback"
+                    if prepared["verified"]
+                    else "; NOT VERIFIED"
+                )
             )
     log(
         "  (sessions: most server sessions of the contender's role seen in pg_stat_activity "
@@ -848,10 +981,19 @@ def main() -> int:
             "pool_cap": POOL_CAP,
             "databases": {n: threads_databases[n] for n in active},
         },
-        "join_prepared": "not measured: prepared plans are not implemented yet",
+        "join_prepared": {
+            "how": "pooled: the join's queryset registered with add_prepare_target(using="
+            "'default', name='join', plan_cache_mode=None) around each join_prepared run "
+            "(cleared after it, so join stays unprepared); the others cannot prepare: null",
+            "contenders": runners("join_prepared", active),
+            "not_applicable": not_applicable.get("join_prepared", {}),
+            "prepared_stats": prepared,
+            "vs_join": (summary.get("join_prepared") or {}).get("pooled", {}).get("vs_join"),
+        },
         "errors": errors,
         "session_samples": sampler.samples,
         "workloads": summary,
+        "not_applicable": not_applicable,  # workload: {contender: why}; null cells there
         "skipped": skipped,
         "elapsed_s": elapsed,
     }
@@ -913,24 +1055,32 @@ def plot(results: dict, active: list[str]) -> list[str]:
     fig, axes = grid()
     for ax, workload in zip(axes, workloads, strict=False):
         data = results["workloads"][workload]
-        med = [data[n]["median_rps"] for n in active]
+        ran = [i for i, n in enumerate(active) if data.get(n)]  # the others: n/a
+        med = [data[active[i]]["median_rps"] for i in ran]
         err = [
-            [m - data[n]["min_rps"] for n, m in zip(active, med, strict=True)],
-            [data[n]["max_rps"] - m for n, m in zip(active, med, strict=True)],
+            [m - data[active[i]]["min_rps"] for i, m in zip(ran, med, strict=True)],
+            [data[active[i]]["max_rps"] - m for i, m in zip(ran, med, strict=True)],
         ]
-        y = range(len(active))
-        ax.barh(y, med, xerr=err, color=[colors[n] for n in active], capsize=3)
-        ax.set_yticks(list(y), labels)
-        ax.invert_yaxis()
+        ax.barh(ran, med, xerr=err, color=[colors[active[i]] for i in ran], capsize=3)
+        ax.set_yticks(list(range(len(active))), labels)
+        ax.set_ylim(len(active) - 0.5, -0.5)  # top to bottom, n/a rows included
         threads = f"{THREADS} threads" if workload == "threads32" else "one thread"
         ax.set_xlabel(f"requests/s ({threads})")
         ax.set_title(SHORT_TITLES[workload], fontsize=10)
-        top = max(data[n]["max_rps"] for n in active)
+        top = max(data[active[i]]["max_rps"] for i in ran)
         ax.set_xlim(0, top * 1.6)
+        same = SAME_REQUEST.get(workload)
         for i, n in enumerate(active):
-            note = f"{med[i]:,.0f}"
+            if not data.get(n):
+                why = results.get("not_applicable", {}).get(workload, {}).get(n, "")
+                ax.text(top * 0.02, i, f"n/a ({why})" if why else "n/a", va="center",
+                        fontsize=8.5, color="#666666")  # fmt: skip
+                continue
+            note = f"{data[n]['median_rps']:,.0f}"
             if "vs_persistent" in data[n] and n != "persistent":
                 note += f"  ({data[n]['vs_persistent']:.2f}x pers.)"
+            if same is not None and f"vs_{same}" in data[n]:
+                note += f"\n{data[n][f'vs_{same}']:.2f}x its {same}"
             ax.text(data[n]["max_rps"] + top * 0.02, i, note, va="center", fontsize=8.5)
     if threads_sessions:
         sessions_panel(axes[len(workloads)])
@@ -944,22 +1094,25 @@ def plot(results: dict, active: list[str]) -> list[str]:
     fig, axes = grid()
     for ax, workload in zip(axes, workloads, strict=False):
         data = results["workloads"][workload]
-        y = list(range(len(active)))
-        p50 = [data[n]["p50_us"] for n in active]
-        p99 = [data[n]["p99_us"] for n in active]
+        y = [i for i, n in enumerate(active) if data.get(n)]  # the others: n/a
+        p50 = [data[active[i]]["p50_us"] for i in y]
+        p99 = [data[active[i]]["p99_us"] for i in y]
         h = 0.38
         ax.barh([i - h / 2 for i in y], p50, h, label="p50", color="#4c72b0")
         ax.barh([i + h / 2 for i in y], p99, h, label="p99", color="#dd8452")
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # no crowded labels
-        ax.set_yticks(y, labels)
-        ax.invert_yaxis()
+        ax.set_yticks(list(range(len(active))), labels)
+        ax.set_ylim(len(active) - 0.5, -0.5)  # top to bottom, n/a rows included
         ax.set_xlabel("latency per request, us (log scale)")
         ax.set_title(SHORT_TITLES[workload], fontsize=10)
-        for i in y:
-            ax.text(p50[i] * 1.05, i - h / 2, f"{p50[i]:,.0f}", va="center", fontsize=8)
-            ax.text(p99[i] * 1.05, i + h / 2, f"{p99[i]:,.0f}", va="center", fontsize=8)
+        for k, i in enumerate(y):
+            ax.text(p50[k] * 1.05, i - h / 2, f"{p50[k]:,.0f}", va="center", fontsize=8)
+            ax.text(p99[k] * 1.05, i + h / 2, f"{p99[k]:,.0f}", va="center", fontsize=8)
         ax.set_xlim(min(p50) * 0.5, max(p99) * 3)
+        for i, n in enumerate(active):
+            if not data.get(n):
+                ax.text(min(p50) * 0.55, i, "n/a", va="center", fontsize=8, color="#666666")
         ax.legend(loc="lower right", fontsize=8)
     if threads_sessions:
         sessions_panel(axes[len(workloads)])

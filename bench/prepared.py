@@ -221,6 +221,9 @@ def run(args: argparse.Namespace, url: str, placement: str) -> int:
     import django_pooled_pg
 
     rows = load_rows(args.scale)
+    from django_pooled_pg.targets import clear_prepare_targets
+
+    clear_prepare_targets()  # the shop app's own target (its ready()): not this benchmark's
     since = datetime.datetime.now(datetime.timezone.utc)
     django_pooled_pg.add_prepare_target(hot_queryset("unprepared", "x", "y", since),
                                         "unprepared", name="hot join")  # fmt: skip
