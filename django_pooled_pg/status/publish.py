@@ -23,6 +23,7 @@ from typing import Any
 
 import psycopg2
 import psycopg2.errors
+from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
@@ -171,7 +172,10 @@ class Publisher:
     def _failed(self, error: psycopg2.Error, conf: StatusSettings) -> None:
         self._close()
         self._failures += 1
-        backoff = min(conf.interval * 2 ** (self._failures - 1), max(MAX_BACKOFF, conf.interval))
+        # Doubling, but resumed within half the expiry, so that after a short outage the
+        # process shows again before readers would have dropped it.
+        ceiling = max(conf.interval, min(MAX_BACKOFF, conf.expiry / 2))
+        backoff = min(conf.interval * 2 ** (self._failures - 1), ceiling)
         now = time.monotonic()
         self._retry_at = now + backoff
         if now - self._warned_at < WARN_EVERY:
@@ -264,4 +268,7 @@ def _reinstall_on_change(setting: str, **kwargs: Any) -> None:
         with _publisher._lock:
             _publisher._close()  # the status database may be another one now
             _publisher._retry_at = 0.0
-        install()
+        try:
+            install()
+        except ImproperlyConfigured:  # reported by the system checks; publish nothing
+            cleaner.remove_listener(_publisher.publish)

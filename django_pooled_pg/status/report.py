@@ -35,17 +35,19 @@ class UnknownAlias(Exception):
     """An alias that is not in DATABASES."""
 
 
+# statement_timestamp(), not now(): a reader inside a transaction (ATOMIC_REQUESTS, tests)
+# must still see snapshots expire and age. pg_stat_activity is read once per transaction.
 _SNAPSHOTS = f"""
 SELECT host, pid, alias, application_name, started_at, published_at,
-       EXTRACT(EPOCH FROM now() - published_at), data, history
+       EXTRACT(EPOCH FROM statement_timestamp() - published_at), data, history
 FROM {TABLE}
-WHERE published_at >= now() - make_interval(secs => %s)
+WHERE published_at >= statement_timestamp() - make_interval(secs => %s)
 ORDER BY alias, host, pid"""
 
 _ACTIVITY = """
 SELECT pid, datname, usename, application_name, state, backend_type,
-       xact_start, EXTRACT(EPOCH FROM now() - xact_start),
-       EXTRACT(EPOCH FROM now() - state_change), wait_event_type, wait_event,
+       xact_start, EXTRACT(EPOCH FROM statement_timestamp() - xact_start),
+       EXTRACT(EPOCH FROM statement_timestamp() - state_change), wait_event_type, wait_event,
        left(regexp_replace(query, '\\s+', ' ', 'g'), 200)
 FROM pg_stat_activity
 WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
