@@ -1,8 +1,9 @@
 """Views that exercise the pool the way real requests do."""
 
 import os
+import time
 
-from django.db import connection
+from django.db import connection, transaction
 from django.http import Http404, JsonResponse
 
 from .models import Product
@@ -35,3 +36,12 @@ def product(request, pk):
 
 def pool_stats(request):
     return JsonResponse({"worker_pid": os.getpid(), **connection.database.get_stats()})
+
+
+def hold_transaction(request, seconds):
+    """A view that keeps a transaction open while it sleeps (at most 30 s): what the status
+    page shows as idle in transaction, with this line in its stacks."""
+    with transaction.atomic():
+        first = Product.objects.order_by("pk").first()
+        time.sleep(min(seconds, 30))
+    return JsonResponse({"worker_pid": os.getpid(), "held_s": min(seconds, 30), "id": first.pk})
