@@ -24,10 +24,10 @@ import django  # noqa: E402
 
 django.setup()
 
-from django.core.signals import request_finished, request_started  # noqa: E402
 from django.db import connection, connections, transaction  # noqa: E402
 
 from django_pooled_pg.conf import configure_pool  # noqa: E402
+from tests.helpers import request  # noqa: E402
 
 # The suite's settings silence the package's loggers; a worker shows the status app's.
 status_logger = logging.getLogger("django_pooled_pg.status")
@@ -37,16 +37,6 @@ status_logger.setLevel(logging.INFO)
 
 done = threading.Event()
 counts = {"served": 0, "failed": 0}
-
-
-def request(sql="SELECT 1"):
-    request_started.send(sender=None)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-            return cursor.fetchone()
-    finally:
-        request_finished.send(sender=None)
 
 
 def view_that_forgets_to_commit(started):

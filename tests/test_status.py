@@ -35,6 +35,7 @@ from .helpers import (
     admin_connection,
     cluster_or_skip,
     query,
+    run_engine_code,
     server_params,
     wait_until,
 )
@@ -233,9 +234,7 @@ class ListenerTests(PoolTestCase):
             "assert not [m for m in sys.modules if m.split('.')[0] == 'django']\n"
             "print(json.dumps(calls))\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-        )
+        result = run_engine_code(code)
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertEqual(json.loads(result.stdout), [0])
 
