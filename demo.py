@@ -4,7 +4,10 @@ PostgreSQL started here (or $DATABASE_URL).
 
 It migrates, loads a small catalogue, starts gunicorn (2 worker processes x 4 threads) on
 http://127.0.0.1:8000/, sends a burst of real HTTP requests, prints what each worker's pool
-did, and keeps serving until Ctrl-C (``--seconds N`` stops after N seconds instead).
+did, leaves one transaction open in a slow view, prints ``manage.py pool_status`` (every
+worker, from the snapshots they publish), and keeps serving until Ctrl-C (``--seconds N``
+stops after N seconds instead). The status page is http://127.0.0.1:8000/pool-status/ (staff
+user admin/admin, made by the demo data).
 """
 
 import argparse
@@ -14,6 +17,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -32,7 +36,8 @@ def main() -> int:
 
     sys.path[:0] = [HERE, PROJECT]
     cluster = None
-    env = dict(os.environ, DJANGO_SETTINGS_MODULE="testproject.settings")
+    # Workers publish their pools every 2 s, so that pool_status shows them all quickly.
+    env = dict(os.environ, DJANGO_SETTINGS_MODULE="testproject.settings", STATUS_INTERVAL="2")
     env["PYTHONPATH"] = os.pathsep.join([HERE, PROJECT, env.get("PYTHONPATH", "")])
     if not env.get("DATABASE_URL"):
         from django_pooled_pg.testing import Cluster
@@ -61,8 +66,15 @@ def main() -> int:
         base = f"http://127.0.0.1:{args.port}"
         wait_for(base + "/select1/")
         burst(base, args.requests, args.workers * args.threads * 2)
-        report(base, args.workers)
-        print(f"\nServing {base}/ (try /products/1/ and /pool/). Ctrl-C to stop.")
+        workers = report(base, args.workers)
+        # A request that keeps its transaction open for a while: idle in transaction.
+        hold = threading.Thread(target=get_json, args=(base + "/hold/8/",), daemon=True)
+        hold.start()
+        show_pool_status(manage, env, workers)
+        print(
+            f"\nServing {base}/ (try /products/1/ and /pool/). The status page of all "
+            f"workers: {base}/pool-status/ (log in as admin, password admin). Ctrl-C to stop."
+        )
         deadline = None if args.seconds is None else time.monotonic() + args.seconds
         while deadline is None or time.monotonic() < deadline:
             if server.poll() is not None:
@@ -111,20 +123,45 @@ def burst(base: str, count: int, concurrency: int) -> None:
     )
 
 
-def report(base: str, workers: int) -> None:
+def report(base: str, workers: int) -> list[int]:
     seen: dict[int, dict] = {}
     for _ in range(workers * 20):
         stats = get_json(base + "/pool/")
         seen[stats["worker_pid"]] = stats
         if len(seen) == workers:
             break
-    print("\nPool of each gunicorn worker (this process's view; a cross-process view is planned):")
+    print("\nPool of each gunicorn worker, as each reports itself on /pool/:")
     print(f"{'worker':>8} {'leases':>7} {'opened':>7} {'size':>5} {'idle':>5} {'resets':>7}")
     for pid, stats in sorted(seen.items()):
         print(
             f"{pid:>8} {stats['requests_num']:>7} {stats['connections_num']:>7} "
             f"{stats['pool_size']:>5} {stats['pool_available']:>5} {stats['resets_num']:>7}"
         )
+    return sorted(seen)
+
+
+def show_pool_status(manage: list[str], env: dict, workers: list[int]) -> None:
+    """Wait until every worker has published (and the slow view is idle in transaction),
+    then print what an operator sees from a process of its own."""
+    deadline = time.monotonic() + 60
+    while True:
+        result = subprocess.run(
+            [*manage, "pool_status", "--json"], env=env, capture_output=True, text=True
+        )
+        status = json.loads(result.stdout) if result.returncode == 0 else {"aliases": []}
+        published = {p["pid"] for s in status["aliases"] for p in s["processes"]}
+        stuck = sum(s["totals"]["idle_in_transaction"] for s in status["aliases"])
+        if set(workers) <= published and stuck:
+            break
+        if time.monotonic() > deadline:
+            print(f"not every worker published within 60 s: {result.stderr}", file=sys.stderr)
+            break
+        time.sleep(0.5)
+    print("\n$ python testproject/manage.py pool_status --queries 5")
+    result = subprocess.run(
+        [*manage, "pool_status", "--queries", "5"], env=env, capture_output=True, text=True
+    )
+    print(result.stdout.rstrip() or result.stderr.rstrip())
 
 
 if __name__ == "__main__":

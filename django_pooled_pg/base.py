@@ -14,7 +14,7 @@ from django.db.backends.postgresql import base as postgresql
 from django.db.backends.signals import connection_created
 from django.utils.functional import cached_property
 
-from . import conf, registry, signals, targets  # noqa: F401 (signals: fresh pools on DATABASES change)
+from . import conf, identity, registry, signals, targets  # noqa: F401 (signals: fresh pools on DATABASES change)
 from .database import PooledDatabase
 from .features import DatabaseFeatures
 from .pool import ConnectionHandle, ConnectionPool, PoolConfig, stacks
@@ -87,13 +87,19 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         # options without our key, and keep the user's dict untouched.
         settings_dict = self.settings_dict
         if "pool" not in settings_dict["OPTIONS"]:
-            return super().get_connection_params()
-        options = {k: v for k, v in settings_dict["OPTIONS"].items() if k != "pool"}
-        self.settings_dict = {**settings_dict, "OPTIONS": options}
-        try:
-            return super().get_connection_params()
-        finally:
-            self.settings_dict = settings_dict
+            params = super().get_connection_params()
+        else:
+            options = {k: v for k, v in settings_dict["OPTIONS"].items() if k != "pool"}
+            self.settings_dict = {**settings_dict, "OPTIONS": options}
+            try:
+                params = super().get_connection_params()
+            finally:
+                self.settings_dict = settings_dict
+        # Sessions say which host, process and alias they serve (pg_stat_activity, and the
+        # status app's join); OPTIONS["application_name"] wins. It holds the pid: a forked
+        # child gets its own (the pid is in _settings_fingerprint(), so it is worked out anew).
+        params.setdefault("application_name", identity.application_name(self.alias))
+        return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
         target = self._lease_target()
@@ -164,7 +170,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return (
             settings["NAME"], settings["USER"], settings["PASSWORD"], settings["HOST"],
             settings["PORT"], repr(settings["OPTIONS"]), self.timezone_name, conf.generation(),
-            targets.generation(),
+            targets.generation(), identity.pid(),
         )  # fmt: skip
 
     def get_pool(

@@ -51,6 +51,14 @@ def get_pool(
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()  # another thread may have held it at the fork
+    # The engine has already emptied the parent's pools here (it registered its fork hook
+    # first). Close them too: the child's sessions carry the child's pid in their
+    # application_name, so it leases from new pools, and an inherited pool left open
+    # would keep refilling to min_size in the child under the parent's name.
+    inherited = list(_pools.values())
+    _pools.clear()
+    for pool in inherited:
+        pool.close()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import unittest
 from collections.abc import Callable
 from typing import Any
 
 import psycopg2
-from django.db import connections
+from django.core.signals import request_finished, request_started
+from django.db import connection, connections
 
 from django_pooled_pg.pool import ConnectionPool
 from django_pooled_pg.testing import Cluster
@@ -36,6 +40,27 @@ def query(conn: Any, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
     with conn.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall() if cursor.description else []
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def request(sql: str = "SELECT pg_backend_pid()") -> Any:
+    """One Django request cycle running ``sql``; returns its first row."""
+    request_started.send(sender=None)
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(sql)
+            return cursor.fetchone()
+    finally:
+        request_finished.send(sender=None)
+
+
+def run_engine_code(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter (no Django set up), from the project's root."""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -1,5 +1,6 @@
 """Settings for the test suite: the testproject's apps, one pooled alias on $DATABASE_URL."""
 
+import os
 import warnings
 
 from testproject.dburl import database_from_url
@@ -13,8 +14,31 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django_pooled_pg",
+    "django_pooled_pg.status",
     "shop",
 ]
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [os.path.join(os.path.dirname(__file__), "templates")],
+        "APP_DIRS": True,
+        "OPTIONS": {"context_processors": ["django.template.context_processors.request"]},
+    }
+]
+LOGIN_URL = "/accounts/login/"
+STATIC_URL = "static/"  # LiveServerTestCase serves static files under it
+# The suite's own process does not publish; the worker processes of test_status do (they
+# set DPP_STATUS_PUBLISH=1). Short times, so that expiry is seen within a test.
+POOLED_PG_STATUS = {
+    "publish": os.environ.get("DPP_STATUS_PUBLISH") == "1",
+    "interval": 1.0,
+    "expire_after": 5.0,
+}
 DATABASES = {
     "default": database_from_url(OPTIONS={"pool": {"max_size": 10, "timeout": 10}}),
 }

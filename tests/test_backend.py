@@ -1,6 +1,7 @@
 """The Django integration: ENGINE switch, settings checks, test databases, aliases, baseline."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -234,6 +235,15 @@ class DemoTests(SimpleTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("100 requests from", result.stdout)
         self.assertIn("Pool of each gunicorn worker", result.stdout)
+        # pool_status, from a process of its own, shows every worker and the open transaction.
+        report, _, status = result.stdout.partition("manage.py pool_status")
+        workers = re.findall(r"(?m)^ +(\d+) +\d+ +\d+ +\d+ +\d+ +\d+$", report)
+        self.assertEqual(len(workers), 2, report)
+        for pid in workers:
+            self.assertRegex(status, rf"(?m)^\S+ +{pid} +\d+/8 ")
+        self.assertIn("Idle in transaction:", status)
+        self.assertIn("leased at: shop/views.py", status)
+        self.assertIn("/pool-status/ (log in as admin", result.stdout)
 
 
 class ProgrammaticConfigTests(SimpleTestCase):

@@ -11,19 +11,15 @@ from django.db import OperationalError, connection
 from django_pooled_pg.pool import close_all_pools
 from django_pooled_pg.pool import stats as S
 
-from .helpers import admin_connection, backend_gone, cluster_or_skip, query, wait_until
+from .helpers import (
+    admin_connection,
+    backend_gone,
+    cluster_or_skip,
+    query,
+    request,
+    wait_until,
+)
 from .test_lease_safety import PooledAliasTestCase
-
-
-def request(sql="SELECT pg_backend_pid()"):
-    """One Django request cycle running ``sql``; returns its first row."""
-    request_started.send(sender=None)
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute(sql)
-            return cursor.fetchone()
-    finally:
-        request_finished.send(sender=None)
 
 
 class DeadConnectionTests(PooledAliasTestCase):

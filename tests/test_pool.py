@@ -2,8 +2,6 @@
 
 import logging
 import os
-import subprocess
-import sys
 import threading
 import time
 
@@ -17,7 +15,7 @@ from django_pooled_pg.pool import (
 )
 from django_pooled_pg.pool import stats as S
 
-from .helpers import PoolTestCase, query, server_params, wait_until
+from .helpers import PoolTestCase, query, run_engine_code, server_params, wait_until
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -204,9 +202,7 @@ class LifetimeTests(PoolTestCase):
             "assert threading.active_count() == 1, threading.enumerate()\n"
             "assert pool.get_stats()['pool_available'] == 2, pool.get_stats()\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
-        )
+        result = run_engine_code(code)
         self.assertEqual(result.returncode, 0, result.stderr)
 
 
@@ -220,9 +216,7 @@ class ExitAndImportTests(PoolTestCase):
             "pool.checkout().close()\n"
         )
         for _ in range(3):
-            result = subprocess.run(
-                [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
-            )
+            result = run_engine_code(code, timeout=30)
             self.assertEqual(result.returncode, 0, result.stderr)
             self.assertEqual(result.stderr, "")
 
@@ -231,9 +225,7 @@ class ExitAndImportTests(PoolTestCase):
             "import sys, django_pooled_pg.pool, django_pooled_pg.testing\n"
             "assert not [m for m in sys.modules if m.split('.')[0] == 'django'], 'django imported'\n"
         )
-        result = subprocess.run(
-            [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30
-        )
+        result = run_engine_code(code, timeout=30)
         self.assertEqual(result.returncode, 0, result.stderr)
 
 

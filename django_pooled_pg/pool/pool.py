@@ -556,6 +556,8 @@ class ConnectionPool:
             with self._lock:
                 leased = list(self._leased)
             self.tracker.check(leased, time.monotonic())
+        if self._inline_cleaner:  # no cleaner thread to run the listeners
+            cleaner.run_listeners()
 
     def _refill(self) -> None:
         while True:

@@ -2,8 +2,9 @@
 
 import datetime
 import os
+import time
 
-from django.db import connection
+from django.db import connection, transaction
 from django.http import Http404, JsonResponse
 from django.utils import timezone
 
@@ -57,3 +58,12 @@ def pool_stats(request):
         **connection.database.get_stats(),
         "prepared": connection.database.prepared_stats(),
     })  # fmt: skip
+
+
+def hold_transaction(request, seconds):
+    """A view that keeps a transaction open while it sleeps (at most 30 s): what the status
+    page shows as idle in transaction, with this line in its stacks."""
+    with transaction.atomic():
+        first = Product.objects.order_by("pk").first()
+        time.sleep(min(seconds, 30))
+    return JsonResponse({"worker_pid": os.getpid(), "held_s": min(seconds, 30), "id": first.pk})

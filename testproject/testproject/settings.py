@@ -14,6 +14,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django_pooled_pg",
+    "django_pooled_pg.status",
     "shop",
 ]
 MIDDLEWARE = [
@@ -39,9 +40,18 @@ TEMPLATES = [
 ]
 DATABASES = {
     "default": database_from_url(
-        OPTIONS={"pool": {"min_size": 2, "max_size": int(os.environ.get("POOL_MAX_SIZE", 8))}}
+        OPTIONS={
+            "pool": {
+                "min_size": 2,
+                "max_size": int(os.environ.get("POOL_MAX_SIZE", 8)),
+                # The demo's /hold/ view shows up as idle in transaction within seconds.
+                "idle_in_transaction_threshold": 2.0,
+            }
+        }
     )
 }
+# Every worker publishes its pools for pool_status and /pool-status/ (the demo: every 2 s).
+POOLED_PG_STATUS = {"interval": float(os.environ.get("STATUS_INTERVAL", 10))}
 USE_TZ = True
 TIME_ZONE = "UTC"
 STATIC_URL = "static/"

@@ -1,5 +1,5 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 from shop import views
 
 urlpatterns = [
@@ -8,5 +8,7 @@ urlpatterns = [
     path("products/<int:pk>/", views.product),
     path("orders/", views.orders),
     path("pool/", views.pool_stats),
+    path("hold/<int:seconds>/", views.hold_transaction),
+    path("pool-status/", include("django_pooled_pg.status.urls")),
     path("admin/", admin.site.urls),
 ]
