@@ -48,28 +48,21 @@ COUNTRIES = [f"A{chr(65 + i)}" for i in range(20)]
 
 
 def configure_django(url: str) -> None:
-    import django
-    from django.conf import settings
+    from request_cycle import setup_django  # bench/ is this script's folder
     from testproject.dburl import database_from_url
 
     def alias(app: str, **pool: object) -> dict:
         options = {"application_name": f"bench_prep_{app}", "pool": pool}
         return database_from_url(url, engine="django_pooled_pg", OPTIONS=options)
 
-    settings.configure(
-        DEBUG=False,
-        SECRET_KEY="bench",
-        USE_TZ=True,
-        TIME_ZONE="UTC",
-        INSTALLED_APPS=["django_pooled_pg", "django.contrib.contenttypes", "shop"],
-        DATABASES={
+    setup_django(
+        {
             "default": alias("default"),
             "unprepared": alias("unprepared", prepare=False),
             "prepared": alias("prepared"),
             "prepared_generic": alias("prepared_generic"),
-        },
+        }
     )
-    django.setup()
 
 
 def load_rows(scale: int) -> dict[str, int]:

@@ -116,9 +116,6 @@ CONTENDERS: dict[str, dict] = {}
 
 
 def configure_django(url: str) -> None:
-    import django
-    from django.conf import settings
-
     pg, pooled = "django.db.backends.postgresql", "django_pooled_pg"
     CONTENDERS.update({
         "unpooled": database_entry(url, pg, "unpooled", CONN_MAX_AGE=0),
@@ -138,13 +135,21 @@ def configure_django(url: str) -> None:
             for level in TRACKING_LEVELS
         },
     })  # fmt: skip
+    setup_django({"default": copy.deepcopy(CONTENDERS["pooled"])})
+
+
+def setup_django(databases: dict) -> None:
+    """Django for a benchmark: the shop app on these DATABASES, time zone UTC, no DEBUG."""
+    import django
+    from django.conf import settings
+
     settings.configure(
         DEBUG=False,
         SECRET_KEY="bench",
         USE_TZ=True,
         TIME_ZONE="UTC",
         INSTALLED_APPS=["django_pooled_pg", "django.contrib.contenttypes", "shop"],
-        DATABASES={"default": copy.deepcopy(CONTENDERS["pooled"])},
+        DATABASES=databases,
     )
     django.setup()
 

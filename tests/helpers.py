@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 import unittest
 from collections.abc import Callable
@@ -61,6 +62,19 @@ def run_engine_code(code: str, timeout: float = 60) -> subprocess.CompletedProce
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_in_threads(work: Callable[[int], Any], count: int, timeout: float) -> None:
+    """Run ``work(0)`` .. ``work(count - 1)`` in as many threads at once; wait for them all."""
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stuck = sum(thread.is_alive() for thread in threads)
+    if stuck:
+        raise AssertionError(f"{stuck} of {count} threads still running after {timeout} s")
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

@@ -11,7 +11,7 @@ from django.test import SimpleTestCase
 from django_pooled_pg.conf import configure_pool, reset_pool_config
 from django_pooled_pg.pool import stats as S
 
-from .helpers import query
+from .helpers import query, run_in_threads
 
 
 class PooledAliasTestCase(SimpleTestCase):
@@ -57,11 +57,7 @@ class OneHolderTests(PooledAliasTestCase):
                 cycles.append(1)
             connection.close()
 
-        threads = [threading.Thread(target=worker) for _ in range(64)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(300)
+        run_in_threads(lambda _: worker(), 64, timeout=300)
         self.assertEqual(problems, [])
         self.assertEqual(len(cycles), 64 * 300)
         stats = connection.database.get_stats()

@@ -2,7 +2,6 @@
 
 import datetime
 import decimal
-import threading
 
 from django.core.signals import request_finished, request_started
 from django.db import connection, transaction
@@ -13,7 +12,7 @@ from shop.models import Category, Product, Review, Supplier
 from django_pooled_pg import targets
 from django_pooled_pg.pool.prepared import UnpreparableStatement, _rewrite, parameter_types
 
-from .helpers import admin_connection, query
+from .helpers import admin_connection, query, run_in_threads
 from .test_lease_safety import PooledAliasTestCase
 
 UTC = datetime.timezone.utc
@@ -529,11 +528,7 @@ class ConcurrencyTests(PreparedTestCase):
                 done.append(1)
             connection.close()
 
-        threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        run_in_threads(worker, 16, timeout=120)
         self.assertEqual(problems, [])
         self.assertEqual(len(done), 16 * 150)
         stats = stats_of("threads")

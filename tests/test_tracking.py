@@ -11,7 +11,7 @@ from django_pooled_pg.pool import stats as S
 from django_pooled_pg.pool.querystats import QueryStats, normalize
 from django_pooled_pg.pool.tracker import format_table
 
-from .helpers import PoolTestCase, admin_connection, query, wait_until
+from .helpers import PoolTestCase, admin_connection, query, run_in_threads, wait_until
 from .test_lease_safety import PooledAliasTestCase
 
 
@@ -234,11 +234,7 @@ class QueryStatisticsTests(PoolTestCase):
                 query(handle, "SELECT %s::int + 1", [n * i])
             handle.close()
 
-        threads = [threading.Thread(target=work, args=(n,)) for n in range(16)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
+        run_in_threads(work, 16, timeout=60)
         top = {row["sql"]: row for row in pool.top_queries(10)}
         # A list of literals is folded wherever it stands, function arguments included.
         in_list = "SELECT count(*) FROM generate_series(...) g WHERE g IN (...)"
