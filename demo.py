@@ -110,7 +110,12 @@ def wait_for(url: str, timeout: float = 30.0) -> None:
 
 
 def burst(base: str, count: int, concurrency: int) -> None:
-    paths = ["/", "/select1/", *[f"/products/{pk}/" for pk in range(1, 21)]]
+    orders = [  # the six-table join the shop runs prepared (shop/apps.py)
+        f"/orders/?city={city}&country={country}&days=365"
+        for city in ("Helsinki", "Berlin", "Paris", "Tokyo")
+        for country in ("FI", "DE", "US")
+    ]
+    paths = ["/", "/select1/", *[f"/products/{pk}/" for pk in range(1, 21)], *orders]
     started = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(concurrency) as executor:
         results = list(executor.map(lambda i: get_json(base + paths[i % len(paths)]), range(count)))
@@ -131,11 +136,16 @@ def report(base: str, workers: int) -> list[int]:
         if len(seen) == workers:
             break
     print("\nPool of each gunicorn worker, as each reports itself on /pool/:")
-    print(f"{'worker':>8} {'leases':>7} {'opened':>7} {'size':>5} {'idle':>5} {'resets':>7}")
+    print(
+        f"{'worker':>8} {'leases':>7} {'opened':>7} {'size':>5} {'idle':>5} {'resets':>7} "
+        f"{'prepared runs':>13}"
+    )
     for pid, stats in sorted(seen.items()):
+        prepared = sum(target["hits"] for target in stats["prepared"])
         print(
             f"{pid:>8} {stats['requests_num']:>7} {stats['connections_num']:>7} "
-            f"{stats['pool_size']:>5} {stats['pool_available']:>5} {stats['resets_num']:>7}"
+            f"{stats['pool_size']:>5} {stats['pool_available']:>5} {stats['resets_num']:>7} "
+            f"{prepared:>13}"
         )
     return sorted(seen)
 

@@ -237,8 +237,11 @@ class DemoTests(SimpleTestCase):
         self.assertIn("Pool of each gunicorn worker", result.stdout)
         # pool_status, from a process of its own, shows every worker and the open transaction.
         report, _, status = result.stdout.partition("manage.py pool_status")
-        workers = re.findall(r"(?m)^ +(\d+) +\d+ +\d+ +\d+ +\d+ +\d+$", report)
-        self.assertEqual(len(workers), 2, report)
+        rows = re.findall(r"(?m)^ +(\d+) +\d+ +\d+ +\d+ +\d+ +\d+ +(\d+)$", report)
+        self.assertEqual(len(rows), 2, report)
+        workers = [pid for pid, _ in rows]
+        # The orders page's join ran prepared (EXECUTE) in the workers.
+        self.assertGreater(sum(int(prepared) for _, prepared in rows), 0, report)
         for pid in workers:
             self.assertRegex(status, rf"(?m)^\S+ +{pid} +\d+/8 ")
         self.assertIn("Idle in transaction:", status)
