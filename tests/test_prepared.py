@@ -269,6 +269,16 @@ class ReuseTests(PreparedTestCase):
         self.assertEqual(stats_of("reset")["prepares"], 1)
         self.assertEqual(len(server_statements()), 1)
 
+    def test_a_shape_registered_again_finds_its_statement_still_prepared(self):
+        connection.database.add_prepare_target(Review.objects.filter(rating=1), name="again")
+        list(Review.objects.filter(rating=1))
+        targets.clear_prepare_targets()
+        connection.database.add_prepare_target(Review.objects.filter(rating=1), name="again")
+        self.assertEqual(len(list(Review.objects.filter(rating=2))), 3)
+        self.assertEqual(len(server_statements()), 1)
+        stats = stats_of("again")
+        self.assertEqual((stats["hits"], stats["prepares"]), (1, 0))
+
     def test_reset_always_keeps_the_pools_statements(self):
         connection.close()
         from django_pooled_pg.conf import configure_pool

@@ -117,6 +117,21 @@ def parameter_types(arguments: Sequence[Any]) -> tuple[str, ...]:
     return tuple(types)
 
 
+#: Statement names by (shape, parameter types), for the life of the process: the same shape
+#: registered again (a new pool, targets cleared and added back) finds its statements still
+#: prepared on the connections that have them.
+_names: dict[tuple[str, tuple[str, ...]], str] = {}
+_names_lock = threading.Lock()
+
+
+def _statement_name(shape: str, signature: tuple[str, ...]) -> str:
+    with _names_lock:
+        name = _names.get((shape, signature))
+        if name is None:
+            name = _names[(shape, signature)] = f"djpp_{len(_names) + 1}"
+        return name
+
+
 class PrepareTarget:
     """One hot SQL shape, with its statistics. Shared by every connection of a pool."""
 
@@ -134,19 +149,21 @@ class PrepareTarget:
         #: the statement PREPARE gets: placeholders numbered $1, $2...
         self.body = body
         self.plan_cache_mode = plan_cache_mode
-        #: statement name suffix per tuple of parameter types
-        self._signatures: dict[tuple[str, ...], int] = {}
+        #: statement name per tuple of parameter types
+        self._signatures: dict[tuple[str, ...], str] = {}
         #: parameter types PREPARE refused, with the server's message: run unprepared
         self._failed: dict[tuple[str, ...], str] = {}
         self._lock = threading.Lock()
         self.hits = self.prepares = self.reprepares = self.fallbacks = 0
 
     def statement_name(self, signature: tuple[str, ...]) -> str:
-        number = self._signatures.get(signature)
-        if number is None:
+        name = self._signatures.get(signature)
+        if name is None:
             with self._lock:
-                number = self._signatures.setdefault(signature, len(self._signatures) + 1)
-        return f"djpp_{self.id}_{number}"
+                name = self._signatures.setdefault(
+                    signature, _statement_name(self.shape, signature)
+                )
+        return name
 
     def count(self, what: str) -> None:
         with self._lock:
@@ -353,18 +370,15 @@ class PreparedTargets:
             run_unprepared(cursor, record, query, params)
             return
         signature = parameter_types(arguments)
-        key = (target.id, signature)
+        name = target.statement_name(signature)
         statements = record.statements
-        name = statements.get(key)
         guarded = status == _INTRANS or not conn.autocommit
-        if name is None:
-            name = self._prepare(cursor, record, target, key, guarded)
-            if name is None:
-                target.count("fallbacks")
-                run_unprepared(cursor, record, query, params)
-                return
-        else:
-            statements.move_to_end(key)
+        if name in statements:
+            statements.move_to_end(name)
+        elif not self._prepare(cursor, record, target, signature, guarded):
+            target.count("fallbacks")
+            run_unprepared(cursor, record, query, params)
+            return
         mode = target.plan_cache_mode
         sql = f"EXECUTE {name}({plan.placeholders})" if arguments else f"EXECUTE {name}"
         if mode is not None:
@@ -380,13 +394,13 @@ class PreparedTargets:
             # gone): prepare it again and run it again, still inside the guard.
             if guarded:
                 cursor.execute(_ROLLBACK_GUARD)
-            statements.pop(key, None)
+            statements.pop(name, None)
             if error.pgcode != "26000":  # 26000: it no longer exists
                 cursor.execute(f"DEALLOCATE {name}")
             elif not record.deallocate:
                 self._vanished()
             target.count("reprepares")
-            if self._prepare(cursor, record, target, key, guarded, counted=False) is None:
+            if not self._prepare(cursor, record, target, signature, guarded, counted=False):
                 target.count("fallbacks")
                 run_unprepared(cursor, record, query, params)
                 return
@@ -413,21 +427,20 @@ class PreparedTargets:
         cursor: Any,
         record: ConnectionRecord,
         target: PrepareTarget,
-        key: tuple[int, tuple[str, ...]],
+        signature: tuple[str, ...],
         guarded: bool,
         counted: bool = True,
         retry: bool = True,
-    ) -> str | None:
-        """PREPARE the target for these parameter types on this connection; its name, or
-        None when the server refused (the target then runs unprepared for these types)."""
-        signature = key[1]
+    ) -> bool:
+        """PREPARE the target for these parameter types on this connection; False when the
+        server refused (the target then runs unprepared for these types)."""
         if signature in target._failed:
-            return None
+            return False
         name = target.statement_name(signature)
         statements = record.statements
         evicted = []
         while len(statements) >= self.max_prepared:  # least recently used first
-            evicted.append(statements.popitem(last=False)[1])
+            evicted.append(statements.popitem(last=False)[0])
         types = f" ({', '.join(signature)})" if signature else ""
         parts = [f"DEALLOCATE {old}" for old in evicted]
         parts.append(f"PREPARE {name}{types} AS {target.body}")
@@ -449,13 +462,13 @@ class PreparedTargets:
                 statements.clear()
                 if error.pgcode == "42P05":  # "already exists"
                     cursor.execute(f"DEALLOCATE {name}")
-                return self._prepare(cursor, record, target, key, guarded, counted, retry=False)
+                return self._prepare(cursor, record, target, signature, guarded, counted, False)
             target.fail(signature, str(error).strip().splitlines()[0])
-            return None
-        statements[key] = name
+            return False
+        statements[name] = name
         if counted:
             target.count("prepares")
-        return name
+        return True
 
 
 def _plan_went_stale(error: psycopg2.Error) -> bool:
@@ -494,6 +507,7 @@ def release_guard_first(
     return method(query, params)
 
 
-def new_statement_registry() -> collections.OrderedDict[Any, str]:
-    """Per connection: (target id, parameter types) -> statement name, least recent first."""
+def new_statement_registry() -> collections.OrderedDict[str, str]:
+    """Per connection: the names of the pool's statements prepared on it, least recent first
+    (an ordered dict used as an LRU set)."""
     return collections.OrderedDict()
