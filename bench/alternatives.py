@@ -2,7 +2,8 @@
 """django_pooled_pg against the alternatives (issue #6): one command, everything set up.
 
     python bench/alternatives.py [--rounds 7] [--seconds 1.5] [--pin same|none]
-                                 [--only NAME ...] [--replot]
+                                 [--only NAME ...] [--workloads cycle,churn,...]
+                                 [--auth trust|scram] [--replot]
 
 Contenders, each in its own worker process (its own interpreter / virtualenv):
 
@@ -16,6 +17,7 @@ Contenders, each in its own worker process (its own interpreter / virtualenv):
                   pre_ping on), venv bench/.venvs/dbcp
 6. pgbouncer      PgBouncer (Debian package, pool_mode=transaction, auth_type=any,
                   default_pool_size 8) in front of unpooled psycopg2 (CONN_MAX_AGE=0)
+                  (--auth scram: auth_type=scram-sha-256, see below)
 
 Missing venvs are created with pip, PgBouncer with apt-get; a contender that cannot be set up
 is skipped with the reason printed.
@@ -63,8 +65,26 @@ CPU placement (--pin same, default): the cluster, PgBouncer and every worker sha
 request_cycle.py --pin same: stable, and the client's Python cost shows); the coordinator and
 the sampler's server session sit on the other CPU.
 
+--workloads a,b restricts the workloads (default: all, in the order above).
+
+Authentication (--auth): "trust" (default) = the throwaway cluster trusts every connection, so
+connecting costs only the fork and the startup. "scram" = connecting costs what it does in
+production with passwords: the cluster runs with password_encryption = 'scram-sha-256' and a
+pg_hba.conf requiring scram-sha-256 for every TCP connection from 127.0.0.1 except the
+superuser "postgres" (the coordinator's set-up and the sampler; trust); every bench role gets
+a password and every contender's DATABASES entry its PASSWORD. PgBouncer runs with auth_type =
+scram-sha-256 and an auth_file holding the roles' SCRAM secrets as read from
+pg_authid.rolpassword, so it authenticates its clients with SCRAM and logs into the server
+with the same secret (SCRAM pass-through; its [databases] entries then name no user=, the
+pool is per client role, which is the same one pool per entry). Checked before the rounds (the
+"auth_check" in the JSON): pg_hba_file_rules, a wrong password refused by the server and by
+PgBouncer, and log_connections turned on while the workers start, so that every bench role's
+logged connection must be "connection authenticated: ... method=scram-sha-256".
+
 Results: a table on stdout, bench/results/alternatives.json and
-bench/results/alternatives-throughput.png, bench/results/alternatives-latency.png.
+bench/results/alternatives-throughput.png, bench/results/alternatives-latency.png (--auth scram:
+alternatives-scram.json, alternatives-scram-throughput.png, alternatives-scram-latency.png; the
+charts are named after --output).
 """
 
 from __future__ import annotations
@@ -495,20 +515,35 @@ def ensure_pgbouncer() -> tuple[str | None, str]:
 
 
 class PgBouncer:
-    def __init__(self, binary: str, cluster, pool_size: int = 8) -> None:
+    def __init__(
+        self, binary: str, cluster, pool_size: int = 8, secrets: dict[str, str] | None = None
+    ) -> None:
+        """``secrets`` (role: SCRAM secret from pg_authid): auth_type = scram-sha-256 with them
+        as the auth_file, and no forced user= (the server login reuses the client's secret)."""
         self.port = free_port()
         self.ini = os.path.join(cluster.base, "pgbouncer.ini")
         self.logfile = os.path.join(cluster.base, "pgbouncer.log")
+        owned = [self.ini]
+        if secrets is None:
+            users = (" user=bench_pgbouncer", " user=bench_pgbouncer_t")
+            auth = "auth_type = any\n"
+        else:
+            users = ("", "")  # the pool per client role: bench_pgbouncer, bench_pgbouncer_t
+            auth_file = os.path.join(cluster.base, "userlist.txt")
+            with open(auth_file, "w") as userlist:
+                for role, secret in secrets.items():
+                    userlist.write(f'"{role}" "{secret}"\n')
+            os.chmod(auth_file, 0o600)
+            owned.append(auth_file)
+            auth = f"auth_type = scram-sha-256\nauth_file = {auth_file}\n"
         with open(self.ini, "w") as ini:
             ini.write(
                 "[databases]\n"
-                f"bench = host=127.0.0.1 port={cluster.port} dbname=postgres "
-                "user=bench_pgbouncer\n"
-                f"bench_t = host=127.0.0.1 port={cluster.port} dbname=postgres "
-                "user=bench_pgbouncer_t\n"
+                f"bench = host=127.0.0.1 port={cluster.port} dbname=postgres{users[0]}\n"
+                f"bench_t = host=127.0.0.1 port={cluster.port} dbname=postgres{users[1]}\n"
                 "[pgbouncer]\n"
                 f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
-                "auth_type = any\npool_mode = transaction\n"
+                f"{auth}pool_mode = transaction\n"
                 f"default_pool_size = {pool_size}\nmax_client_conn = 200\n"
                 f"logfile = {self.logfile}\npidfile =\n"
                 "ignore_startup_parameters = extra_float_digits,options\n"
@@ -518,7 +553,8 @@ class PgBouncer:
         if os.geteuid() == 0:  # pgbouncer refuses to run as root, like PostgreSQL
             stat = os.stat(cluster.base)
             run_as = {"user": stat.st_uid, "group": stat.st_gid}
-            os.chown(self.ini, stat.st_uid, stat.st_gid)
+            for path in owned:
+                os.chown(path, stat.st_uid, stat.st_gid)
         self.process = subprocess.Popen(
             [binary, self.ini], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **run_as
         )
@@ -601,8 +637,9 @@ class Worker:
         self.stderr.close()
 
 
-def setup_database(url: str, names: list[str]) -> None:
-    """Roles bench_<name>; contenttypes and shop migrated; ORM_ROWS categories."""
+def setup_database(url: str, names: list[str], passwords: bool = False) -> None:
+    """Roles bench_<name> (``passwords``: each with its role_password(), SCRAM-hashed);
+    contenttypes and shop migrated; ORM_ROWS categories."""
     sys.path.insert(0, os.path.join(ROOT, "testproject"))
     import django
     import psycopg2
@@ -617,6 +654,9 @@ def setup_database(url: str, names: list[str]) -> None:
                 f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_{name}')"
                 f" THEN CREATE ROLE bench_{name} LOGIN SUPERUSER; END IF; END $$"
             )
+            if passwords:  # hashed as password_encryption says (scram-sha-256)
+                role = f"bench_{name}"
+                cursor.execute(f"ALTER ROLE {role} PASSWORD %s", [role_password(role)])
     conn.close()
     settings.configure(
         SECRET_KEY="bench",
@@ -642,6 +682,154 @@ def setup_database(url: str, names: list[str]) -> None:
     connections.close_all()
 
 
+# =========================================================================================
+# --auth scram: password authentication, as production does
+# =========================================================================================
+
+SCRAM_HBA = """\
+# alternatives.py --auth scram: the superuser (set-up, sampler) trusted, every other role SCRAM
+host    all    postgres    127.0.0.1/32    trust
+host    all    all         127.0.0.1/32    scram-sha-256
+"""
+
+
+def role_password(role: str) -> str:
+    return f"{role}-secret"  # a throwaway cluster: the cost of SCRAM is the point, not secrecy
+
+
+def scram_cluster(cluster) -> None:
+    """After init(), before start(): pg_hba.conf requiring SCRAM from 127.0.0.1 (see above)."""
+    with open(os.path.join(cluster.datadir, "pg_hba.conf"), "w") as hba:
+        hba.write(SCRAM_HBA)
+
+
+def scram_secrets(url: str, roles: list[str]) -> dict[str, str]:
+    """role: its SCRAM secret, read from pg_authid.rolpassword (a superuser query)."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(
+                "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)", [roles]
+            )
+            secrets = dict(cursor.fetchall())
+    finally:
+        conn.close()
+    for role in roles:
+        if not (secrets.get(role) or "").startswith("SCRAM-SHA-256$"):
+            raise RuntimeError(f"{role}: no SCRAM secret in pg_authid ({secrets.get(role)!r})")
+    return secrets
+
+
+def set_log_connections(url: str, on: bool) -> None:
+    """ALTER SYSTEM log_connections, reloaded; returns once a new session sees it."""
+    import psycopg2
+
+    conn = psycopg2.connect(url)
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        cursor.execute(f"ALTER SYSTEM SET log_connections = {'on' if on else 'off'}")
+        cursor.execute("SELECT pg_reload_conf()")
+    conn.close()
+    want = "on" if on else "off"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the postmaster reloads asynchronously
+        probe = psycopg2.connect(url)
+        with probe.cursor() as cursor:
+            cursor.execute("SHOW log_connections")
+            seen = cursor.fetchone()[0]
+        probe.close()
+        if seen == want:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"log_connections did not become {want}")
+
+
+def refused(**conninfo) -> str | None:
+    """The error of a connection that must fail (a wrong password), None if it succeeded."""
+    import psycopg2
+
+    try:
+        psycopg2.connect(**conninfo, connect_timeout=5).close()
+    except psycopg2.OperationalError as error:
+        return str(error).strip().splitlines()[-1]
+    return None
+
+
+def scram_check(cluster, bouncer, roles: list[str], worker_roles: list[str], log_text: str) -> dict:
+    """Evidence that the bench roles authenticate with SCRAM (the JSON's auth_check).
+
+    ``log_text``: the server log written while log_connections was on and the workers started
+    (their first connections: ``worker_roles``, PgBouncer's server login included); ``roles``:
+    every bench role, each tried here with a wrong, no and the right password."""
+    import re
+
+    import psycopg2
+
+    check: dict = {"ok": True, "problems": []}
+    conn = psycopg2.connect(cluster.url)
+    with conn.cursor() as cursor:
+        cursor.execute(
+            "SELECT type, database, user_name, address, auth_method, error "
+            "FROM pg_hba_file_rules ORDER BY line_number"
+        )
+        check["pg_hba_file_rules"] = [
+            {k: v for k, v in zip(("type", "database", "user_name", "address", "auth_method",
+                                   "error"), row, strict=True)}
+            for row in cursor.fetchall()
+        ]  # fmt: skip
+        cursor.execute("SHOW password_encryption")
+        check["password_encryption"] = cursor.fetchone()[0]
+    conn.close()
+    server = {"host": "127.0.0.1", "port": cluster.port, "dbname": "postgres"}
+    wrong = {}
+    for role in roles:
+        wrong[f"server {role}"] = refused(**server, user=role, password="wrong")
+        wrong[f"server {role} (no password)"] = refused(**server, user=role, password="")
+    if bouncer is not None:
+        via = {"host": "127.0.0.1", "port": bouncer.port, "dbname": "bench"}
+        wrong["pgbouncer bench_pgbouncer"] = refused(**via, user="bench_pgbouncer", password="x")
+    check["wrong_password"] = wrong
+    right = {}
+    for role in roles:  # the threads32 roles included, which the workers use later
+        right[f"server {role}"] = refused(**server, user=role, password=role_password(role))
+    if bouncer is not None:
+        for db, role in (("bench", "bench_pgbouncer"), ("bench_t", "bench_pgbouncer_t")):
+            right[f"pgbouncer {role}"] = refused(
+                host="127.0.0.1", port=bouncer.port, dbname=db, user=role,
+                password=role_password(role),
+            )  # fmt: skip
+    check["right_password_errors"] = right
+    for where, error in right.items():
+        if error is not None:
+            check["problems"].append(f"{where}: the right password was refused ({error})")
+    for where, error in wrong.items():
+        # "password authentication failed", or libpq's "fe_sendauth: no password supplied"
+        if error is None or not ("authentication failed" in error or "no password" in error):
+            check["problems"].append(f"{where}: a wrong password was not refused ({error!r})")
+    authorized: dict[str, int] = {}
+    scram: dict[str, int] = {}
+    for line in log_text.splitlines():
+        if m := re.search(r"connection authorized: user=(bench_\w+)", line):
+            authorized[m[1]] = authorized.get(m[1], 0) + 1
+        elif m := re.search(r'connection authenticated: identity="(bench_\w+)" method=(\S+)', line):
+            if m[2] == "scram-sha-256":
+                scram[m[1]] = scram.get(m[1], 0) + 1
+    check["logged_connections"] = {
+        r: {"authorized": authorized.get(r, 0), "scram_sha_256": scram.get(r, 0)}
+        for r in sorted(set(authorized) | set(scram))
+    }
+    for role, counts in check["logged_connections"].items():
+        if counts["authorized"] != counts["scram_sha_256"] or not counts["authorized"]:
+            check["problems"].append(f"{role}: not every logged connection used SCRAM {counts}")
+    for role in worker_roles:
+        if role not in authorized:
+            check["problems"].append(f"{role}: no logged connection")
+    check["ok"] = not check["problems"]
+    return check
+
+
 def database_entry(cluster, name: str, engine: str, **extra) -> dict:
     return {
         "ENGINE": engine,
@@ -661,15 +849,35 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=1.5, help="seconds per run (1.5)")
     parser.add_argument("--pin", choices=("same", "none"), default="same")
     parser.add_argument("--only", action="append", choices=ORDER, help="contenders (repeatable)")
+    parser.add_argument(
+        "--workloads", help=f"comma-separated, of {','.join(WORKLOADS)} (default: all)"
+    )
+    parser.add_argument(
+        "--auth", choices=("trust", "scram"), default="trust",
+        help="trust (default) or scram: passwords, SCRAM-SHA-256 (see the docstring)",
+    )  # fmt: skip
     parser.add_argument("--replot", action="store_true", help="only redraw the charts")
-    parser.add_argument("--output", default=os.path.join(RESULTS, "alternatives.json"))
+    parser.add_argument(
+        "--output", help="default: bench/results/alternatives.json (--auth scram: -scram.json)"
+    )
     args = parser.parse_args()
     if args.worker:
         return worker_main(json.loads(args.worker))
+    if args.output is None:
+        suffix = "" if args.auth == "trust" else f"-{args.auth}"
+        args.output = os.path.join(RESULTS, f"alternatives{suffix}.json")
+    workloads = WORKLOADS
+    if args.workloads:
+        wanted = [w.strip() for w in args.workloads.split(",") if w.strip()]
+        unknown = sorted(set(wanted) - set(WORKLOADS))
+        if unknown or not wanted:
+            parser.error(f"--workloads: unknown {unknown}, choose from {','.join(WORKLOADS)}")
+        workloads = [w for w in WORKLOADS if w in wanted]
+    scram = args.auth == "scram"
     if args.replot:  # charts again from the JSON, no measurement
         with open(args.output) as f:
             saved = json.load(f)
-        for path in plot(saved, list(saved["contenders"])):
+        for path in plot(saved, list(saved["contenders"]), args.output):
             log(f"chart: {os.path.relpath(path, ROOT)}")
         return 0
     if args.rounds < 1:
@@ -703,14 +911,20 @@ def main() -> int:
 
     from django_pooled_pg.testing import Cluster
 
-    cluster = Cluster(settings={"timezone": "'UTC'"}).init()
+    server_settings = {"timezone": "'UTC'"}
+    if scram:
+        server_settings["password_encryption"] = "'scram-sha-256'"
+    cluster = Cluster(settings=server_settings).init()
+    if scram:
+        scram_cluster(cluster)
     cluster.start()
-    log(f"PostgreSQL throwaway cluster on port {cluster.port} ({cluster.bindir})")
+    log(f"PostgreSQL throwaway cluster on port {cluster.port} ({cluster.bindir}), auth {args.auth}")
     bouncer = None
     workers: dict[str, Worker] = {}
     sampler = None
+    auth_check = None
     try:
-        setup_database(cluster.url, names)
+        setup_database(cluster.url, names, passwords=scram)
         cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
         bench_cpu = other_cpu = None
         if args.pin == "same" and cpus:
@@ -724,7 +938,10 @@ def main() -> int:
                 os.sched_setaffinity(0, {other_cpu})
         if "pgbouncer" in names and "pgbouncer" not in skipped:
             try:
-                bouncer = PgBouncer(bouncer_binary, cluster)
+                secrets = None
+                if scram:
+                    secrets = scram_secrets(cluster.url, ["bench_pgbouncer", "bench_pgbouncer_t"])
+                bouncer = PgBouncer(bouncer_binary, cluster, secrets=secrets)
                 if bench_cpu is not None:
                     os.sched_setaffinity(bouncer.process.pid, {bench_cpu})
             except Exception as error:
@@ -774,6 +991,11 @@ def main() -> int:
                 "NAME": "bench_t",
                 "PORT": str(bouncer.port),
             }
+        if scram:
+            for entry in [*databases.values(), *threads_databases.values()]:
+                entry["PASSWORD"] = role_password(entry["USER"])
+            log_offset = os.path.getsize(cluster.logfile)
+            set_log_connections(cluster.url, True)  # while the workers connect, see scram_check
         for name in names:
             if name in skipped:
                 continue
@@ -788,6 +1010,31 @@ def main() -> int:
         active = [n for n in names if n in workers]
         if not active:
             return 1
+        if scram:
+            set_log_connections(cluster.url, False)
+            with open(cluster.logfile, errors="replace") as server_log:
+                server_log.seek(log_offset)
+                log_text = server_log.read()
+            roles = [f"bench_{n}{t}" for n in active for t in ("", "_t")]
+            auth_check = scram_check(
+                cluster, bouncer, roles, [f"bench_{n}" for n in active], log_text
+            )
+            hba = "; ".join(
+                f"{','.join(r['user_name'])} {r['auth_method']}"
+                for r in auth_check["pg_hba_file_rules"]
+            )
+            wrong = auth_check["wrong_password"]
+            logged = ", ".join(
+                f"{role} {c['scram_sha_256']}/{c['authorized']}"
+                for role, c in auth_check["logged_connections"].items()
+            )
+            log(
+                f"SCRAM check: pg_hba {hba}; wrong passwords refused "
+                f"{sum(map(bool, wrong.values()))}/{len(wrong)}; "
+                f"workers' logged connections by SCRAM: {logged}"
+            )
+            if not auth_check["ok"]:
+                raise RuntimeError(f"SCRAM check failed: {auth_check['problems']}")
         from server import SessionSampler  # bench/server.py (this script's folder)
 
         sampler = SessionSampler(
@@ -798,14 +1045,14 @@ def main() -> int:
         )
         sampler.start()
         log(
-            f"{args.rounds} rounds x {len(WORKLOADS)} workloads x {len(active)} contenders x "
+            f"{args.rounds} rounds x {len(workloads)} workloads x {len(active)} contenders x "
             f"{args.seconds:g} s; {placement}"
         )
-        runs: dict[str, dict[str, list[dict]]] = {
-            w: {n: [] for n in runners(w, active)} for w in WORKLOADS
+        runs: dict[str, dict[str, list[dict]]] = {  # not run (--workloads): empty
+            w: {n: [] for n in runners(w, active)} if w in workloads else {} for w in WORKLOADS
         }
         for round_index in range(args.rounds):
-            for workload in WORKLOADS:
+            for workload in workloads:
                 for name in runs[workload]:  # the others: n/a (ONLY_FOR)
                     if workload == "threads32":  # per thread
                         warmup = 1 if name == "unpooled" else 5
@@ -875,8 +1122,9 @@ def main() -> int:
                     for a, b in zip(runs[workload][name], runs[of][base], strict=True)
                 ]
 
-    for name in active:
-        summary["threads32"][name]["max_server_sessions"] = sessions_threads[name]
+    if "threads32" in summary:
+        for name in active:
+            summary["threads32"][name]["max_server_sessions"] = sessions_threads[name]
     errors = {
         f"{w}/{n}": r["errors"] for w in WORKLOADS for n, rounds in runs[w].items()
         for r in rounds if r.get("errors")
@@ -975,7 +1223,7 @@ def main() -> int:
         "versions": versions,
         "databases": {n: databases[n] for n in active},
         "max_server_sessions": sessions,
-        "max_server_sessions_threads32": sessions_threads,
+        "max_server_sessions_threads32": sessions_threads if "threads32" in summary else None,
         "threads32": {
             "threads": THREADS,
             "pool_cap": POOL_CAP,
@@ -991,6 +1239,8 @@ def main() -> int:
             "vs_join": (summary.get("join_prepared") or {}).get("pooled", {}).get("vs_join"),
         },
         "errors": errors,
+        "auth": args.auth,
+        "auth_check": auth_check,  # --auth scram: see scram_check()
         "session_samples": sampler.samples,
         "workloads": summary,
         "not_applicable": not_applicable,  # workload: {contender: why}; null cells there
@@ -1001,7 +1251,7 @@ def main() -> int:
         json.dump(results, out, indent=2)
     log(f"\nresults: {os.path.relpath(args.output, ROOT)}")
     try:
-        for path in plot(results, active):
+        for path in plot(results, active, args.output):
             log(f"chart: {os.path.relpath(path, ROOT)}")
     except ImportError:
         log("charts skipped: matplotlib is not installed (pip install matplotlib)")
@@ -1009,7 +1259,9 @@ def main() -> int:
     return 0
 
 
-def plot(results: dict, active: list[str]) -> list[str]:
+def plot(results: dict, active: list[str], output: str) -> list[str]:
+    """<output minus .json>-throughput.png and -latency.png (the default: alternatives-*.png,
+    --auth scram: alternatives-scram-*.png)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -1021,10 +1273,14 @@ def plot(results: dict, active: list[str]) -> list[str]:
         "django_pool": "#55a868", "dbcp": "#8172b3", "pgbouncer": "#c44e52",
     }  # fmt: skip
     labels = [SHORT[n] for n in active]
+    auth = results.get("auth", "trust")
+    stem = output[: -len(".json")] if output.endswith(".json") else output
     sub = (
         f"{results['date']}, {results['cpus']} CPUs, median of {results['rounds']} interleaved "
         f"rounds x {results['seconds_per_run']:g} s; bars: min..max of rounds"
     )
+    if auth == "scram":
+        sub = "password (SCRAM-SHA-256) authentication; " + sub
     workloads = [w for w in WORKLOADS if w in results["workloads"]]
     threads_sessions = results.get("max_server_sessions_threads32")
     paths = []
@@ -1086,7 +1342,7 @@ def plot(results: dict, active: list[str]) -> list[str]:
         sessions_panel(axes[len(workloads)])
     fig.suptitle("Django request throughput: django_pooled_pg vs alternatives\n" + sub, fontsize=11)
     fig.tight_layout()
-    path = os.path.join(RESULTS, "alternatives-throughput.png")
+    path = f"{stem}-throughput.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     paths.append(path)
@@ -1124,7 +1380,7 @@ def plot(results: dict, active: list[str]) -> list[str]:
         fontsize=9.5,
     )  # fmt: skip
     fig.tight_layout()
-    path = os.path.join(RESULTS, "alternatives-latency.png")
+    path = f"{stem}-latency.png"
     fig.savefig(path, dpi=100)
     plt.close(fig)
     paths.append(path)
