@@ -631,7 +631,17 @@ class QueryLogTests(PreparedTestCase):
             list(Review.objects.filter(rating=4))
             list(Category.objects.filter(pk=987654))  # unprepared after a prepared one
         first, second = (q["sql"] for q in captured.captured_queries)
+        with connection.cursor() as cursor:  # the same cursor: prepared, then plain SQL
+            cursor.execute("SELECT rating FROM shop_review WHERE rating = %s", [5])
+            cursor.execute(
+                *connection.ops.compiler("SQLCompiler")(
+                    Review.objects.filter(rating=4).query, connection, "default"
+                ).as_sql()
+            )
+            self.assertIn(b'rating" = 4', cursor.cursor.query)
+            cursor.execute("SELECT 42")
+            self.assertEqual(cursor.cursor.query, b"SELECT 42")
         self.assertTrue(first.startswith('SELECT "shop_review"."id"'), first)
         self.assertIn('"shop_review"."rating" = 4', first)
         self.assertIn('"shop_category"."id" = 987654', second)
-        self.assertEqual(stats_of("log")["hits"], 1)
+        self.assertEqual(stats_of("log")["hits"], 2)

@@ -258,10 +258,8 @@ class PooledCursor:
                 record = self._record
                 run = lambda q, a: prepared.execute(cursor, record, plan, q, a)  # noqa: E731
                 object.__setattr__(self, "_shown", (query, vars))
-                self._run(run, query, vars, releases_guard=True)
+                self._run(run, query, vars, prepared_run=True)
                 return
-            if self._shown is not None:
-                object.__setattr__(self, "_shown", None)
         self._run(cursor.execute, query, vars)
 
     def executemany(self, query: Any, vars_list: Any) -> None:
@@ -285,15 +283,18 @@ class PooledCursor:
             tracker.run(self._record, lambda q, f: cursor.copy_expert(q, f, size),
                         sql, file, cursor)  # fmt: skip
 
-    def _run(self, method: Any, query: Any, args: Any, releases_guard: bool = False) -> Any:
+    def _run(self, method: Any, query: Any, args: Any, prepared_run: bool = False) -> Any:
         record = self._record
         if not record.deallocate:  # else the fullest reset is due already
             self._note(query)
-        if record.release_pending and not releases_guard:
-            # The last prepared EXECUTE left its guard savepoint open: release it first,
-            # so that it never encloses the holder's own savepoints.
-            cursor = self._cursor
-            method = lambda q, a, m=method: release_guard_first(cursor, record, q, a, m)  # noqa: E731
+        if not prepared_run:  # (a prepared run does both itself)
+            if self._shown is not None:
+                object.__setattr__(self, "_shown", None)
+            if record.release_pending:
+                # The last prepared EXECUTE left its guard savepoint open: release it
+                # first, so that it never encloses the holder's own savepoints.
+                cursor = self._cursor
+                method = lambda q, a, m=method: release_guard_first(cursor, record, q, a, m)  # noqa: E731
         tracker = self._tracker
         if tracker is None:
             return method(query, args)
