@@ -80,7 +80,9 @@ def add_prepare_target(
         check_preparable(sql)
         compiled.append((alias, sql, name, plan_cache_mode))
     with _lock:
-        _registered.extend(compiled)
+        # The same SQL for the same alias again replaces its entry (name, plan_cache_mode).
+        again = {(alias, sql) for alias, sql, _, _ in compiled}
+        _registered[:] = [t for t in _registered if (t[0], t[1]) not in again] + compiled
         _generation += 1
     # Pools already open take the target now; the others at their wrapper's next lease.
     from . import registry

@@ -471,6 +471,14 @@ class RegistrationTests(PreparedTestCase):
             connection.database.add_prepare_target("SELECT 1", plan_cache_mode="always")
         self.assertEqual(connection.database.prepared_stats(), [])
 
+    def test_registering_the_same_target_again_replaces_it(self):
+        for mode in ("force_custom_plan", "force_generic_plan"):
+            connection.database.add_prepare_target(Review.objects.filter(rating=1), name=mode,
+                                                   plan_cache_mode=mode)  # fmt: skip
+        self.assertEqual(len(targets._registered), 1)
+        (stats,) = connection.database.prepared_stats()
+        self.assertEqual((stats["name"], stats["plan_cache_mode"]), ("force_generic_plan",) * 2)
+
     def test_a_target_registered_before_the_pool_exists(self):
         connection.close()
         from django_pooled_pg import add_prepare_target
