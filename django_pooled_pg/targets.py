@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .pool.prepared import PLAN_CACHE_MODES, UnpreparableStatement, check_preparable
+from .pool.prepared import UnpreparableStatement, check_plan_cache_mode, check_preparable
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
@@ -66,11 +66,7 @@ def add_prepare_target(
     global _generation
     from django.db import connections
 
-    if plan_cache_mode is not None and plan_cache_mode not in PLAN_CACHE_MODES:
-        raise ValueError(
-            f"plan_cache_mode must be None (the server's setting) or one of "
-            f"{', '.join(map(repr, PLAN_CACHE_MODES))}, not {plan_cache_mode!r}"
-        )
+    check_plan_cache_mode(plan_cache_mode)
     aliases = [using] if using is not None else _pooled_aliases()
     if using is not None and using not in connections.settings:
         raise ImproperlyConfigured(f"add_prepare_target(): no database alias {using!r}")

@@ -254,6 +254,15 @@ def _rewrite(sql: str) -> tuple[str, str, tuple[Any, ...]] | None:
     return shape, body, tuple(slices)
 
 
+def check_plan_cache_mode(mode: str | None) -> None:
+    """Raise ValueError unless ``mode`` is None or one of PLAN_CACHE_MODES."""
+    if mode is not None and mode not in PLAN_CACHE_MODES:
+        raise ValueError(
+            f"plan_cache_mode must be None (the server's setting) or one of "
+            f"{', '.join(map(repr, PLAN_CACHE_MODES))}, not {mode!r}"
+        )
+
+
 def check_preparable(sql: str) -> None:
     """Raise UnpreparableStatement unless PREPARE can take ``sql``."""
     if not isinstance(sql, str):
@@ -309,11 +318,7 @@ class PreparedTargets:
     ) -> PrepareTarget:
         """Make ``sql``'s shape a target (the same shape twice is one target)."""
         check_preparable(sql)
-        if plan_cache_mode is not None and plan_cache_mode not in PLAN_CACHE_MODES:
-            raise ValueError(
-                f"plan_cache_mode must be None (the server's setting) or one of "
-                f"{', '.join(map(repr, PLAN_CACHE_MODES))}, not {plan_cache_mode!r}"
-            )
+        check_plan_cache_mode(plan_cache_mode)
         rewritten = _rewrite(sql)
         assert rewritten is not None
         shape, body, _ = rewritten
