@@ -28,7 +28,7 @@ from .session import DEALLOCATE_SQL, RESET_SQL
 from .stacks import capture, first_user_frame, format_stack
 from .tracker import Tracker, format_table
 
-__all__ = ["ConnectionPool"]
+__all__ = ["ConnectionPool", "close_all_pools", "detach_socket"]
 
 logger = logging.getLogger(__name__)
 
@@ -617,7 +617,7 @@ class ConnectionPool:
                 if owner is not None:
                     owner._end(parked=False)
             record.handle_ref = record.parked_for = None
-            _detach_socket(record.conn)
+            detach_socket(record.conn)
         self._init_state()
         if self.tracker is not None:
             self.tracker.queries.after_fork()
@@ -745,7 +745,7 @@ def _leak_callback(pool: ConnectionPool, record: ConnectionRecord) -> Callable[[
 _devnull = -1
 
 
-def _detach_socket(conn: Any) -> None:
+def detach_socket(conn: Any) -> None:
     """Point this process's copy of the socket at /dev/null, so that closing the inherited
     psycopg2 connection (which sends a Terminate message) can't reach the parent's session."""
     global _devnull

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .config import PoolConfig
     from .record import ConnectionRecord
 
-__all__ = ["Tracker", "STATES"]
+__all__ = ["STATES", "Tracker", "format_duration", "format_table", "short_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -188,12 +188,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             (
                 str(row["backend_pid"]),
                 row["state"],
-                _duration(row["state_s"]),
+                format_duration(row["state_s"]),
                 row["thread"] or "",
-                _duration(row["age_s"]),
+                format_duration(row["age_s"]),
                 str(row["leases"]),
                 _text(row["last_query"], 50) or "",
-                _short_path(row["leased_at"]) if row["leased_at"] else "",
+                short_path(row["leased_at"]) if row["leased_at"] else "",
             )
         )
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
@@ -203,7 +203,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def _duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1000:.0f}ms"
     if seconds < 120:
@@ -213,7 +213,7 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f}h"
 
 
-def _short_path(where: str) -> str:
+def short_path(where: str) -> str:
     path, _, rest = where.partition(":")
     parts = path.split("/")
     return "/".join(parts[-2:]) + ":" + rest

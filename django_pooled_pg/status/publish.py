@@ -29,7 +29,7 @@ from django.dispatch import receiver
 
 from .. import identity
 from ..pool import cleaner
-from ..pool.pool import _detach_socket
+from ..pool.pool import detach_socket
 from .conf import StatusSettings, status_settings
 from .models import TABLE
 from .snapshot import collect, gauges
@@ -231,7 +231,7 @@ class Publisher:
         # The child must never send anything on the parent's socket: closing the inherited
         # connection would (Terminate), so it is pointed at /dev/null first.
         if self._conn is not None:
-            _detach_socket(self._conn)
+            detach_socket(self._conn)
         self._conn = None
         self._lock = threading.Lock()
         self._new_process()

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..pool import stats as S
-from ..pool.tracker import _duration, _short_path
+from ..pool.tracker import format_duration, short_path
 
 __all__ = ["render"]
 
@@ -111,14 +111,14 @@ def _process_row(process: dict[str, Any]) -> list[str]:
         str(stats[S.POOL_LEASED]), str(stats[S.POOL_AVAILABLE]), str(stats[S.REQUESTS_WAITING]),
         str(stats[S.REQUESTS_NUM]), str(stats[S.REQUESTS_TIMEOUTS]),
         _maybe(process["oldest_lease_s"]), str(process["idle_in_transaction"]),
-        states or "-", f"{_duration(process['age_s'])} ago",
+        states or "-", f"{format_duration(process['age_s'])} ago",
     ]  # fmt: skip
 
 
 def _connection_row(conn: dict[str, Any]) -> list[str]:
     server = conn["server"] or {}
     return [
-        str(conn["backend_pid"]), conn["state"], _duration(conn["state_s"]),
+        str(conn["backend_pid"]), conn["state"], format_duration(conn["state_s"]),
         conn["thread"] or "", str(conn["leases"]), server.get("state") or "-",
         _maybe(server.get("xact_s")), _wait(server), _cut(conn["last_query"], 50),
     ]  # fmt: skip
@@ -135,11 +135,11 @@ def _idle_in_transaction(process: dict[str, Any], conn: dict[str, Any], stacks: 
         )
     out = [
         f"  {process['host']} pid {process['pid']}, backend {conn['backend_pid']}, thread "
-        f"{conn['thread']!r}: idle in transaction for {_duration(conn['state_s'])}; {seen}",
+        f"{conn['thread']!r}: idle in transaction for {format_duration(conn['state_s'])}; {seen}",
         f"    last query: {_cut(conn['last_query'], 200)}",
     ]
     if conn.get("leased_at"):
-        out.append(f"    leased at: {_short_path(conn['leased_at'])}")
+        out.append(f"    leased at: {short_path(conn['leased_at'])}")
     if stacks:
         for key, title in (
             ("lease_stack", "leased at"),
@@ -179,7 +179,7 @@ def align(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 def _maybe(seconds: float | None) -> str:
-    return _duration(seconds) if seconds is not None else "-"
+    return format_duration(seconds) if seconds is not None else "-"
 
 
 def _wait(server: dict[str, Any]) -> str:

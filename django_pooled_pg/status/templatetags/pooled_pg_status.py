@@ -7,7 +7,7 @@ from typing import Any
 from django import template
 from django.utils.text import slugify
 
-from ...pool.tracker import _duration, _short_path
+from ...pool import tracker
 
 register = template.Library()
 
@@ -15,12 +15,12 @@ register = template.Library()
 @register.filter
 def duration(seconds: float | None) -> str:
     """42.0s, 12ms, 5m: as in the text tables."""
-    return "-" if seconds is None else _duration(float(seconds))
+    return "-" if seconds is None else tracker.format_duration(float(seconds))
 
 
 @register.filter
 def short_path(where: str | None) -> str:
-    return _short_path(where) if where else ""
+    return tracker.short_path(where) if where else ""
 
 
 @register.simple_tag
