@@ -1,4 +1,4 @@
-"""Django's postgresql DatabaseWrapper, leasing its connection from a pool instead of opening one."""
+"""Django's postgresql DatabaseWrapper, leasing its connection from a pool, not opening one."""
 
 from __future__ import annotations
 

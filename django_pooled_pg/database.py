@@ -37,7 +37,7 @@ class PooledDatabase:
         return self.pool.snapshot()
 
     def as_table(self) -> str:
-        """snapshot() as a text table, for a Django shell: ``print(connection.database.as_table())``."""
+        """snapshot() as a text table: ``print(connection.database.as_table())`` in a shell."""
         return self.pool.as_table()
 
     def idle_in_tx_stacks(self, threshold: float | None = None) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ __all__ = ["Cluster", "find_bindir"]
 
 
 def find_bindir() -> str:
-    """Return the folder holding initdb/pg_ctl: $PG_BINDIR, pg_config, or the newest Debian install."""
+    """The folder holding initdb/pg_ctl: $PG_BINDIR, pg_config, or the newest Debian install."""
     if os.environ.get("PG_BINDIR"):
         return os.environ["PG_BINDIR"]
     candidates = sorted(

@@ -325,7 +325,9 @@ def parse(json_path: Path, log_path: Path) -> dict:
     summary = _SUMMARY.findall(text)
     counts = dict(
         (k.strip(), int(v))
-        for k, v in (item.split("=") for item in (summary[-1] if summary else "").split(",") if "=" in item)
+        for k, v in (
+            item.split("=") for item in (summary[-1] if summary else "").split(",") if "=" in item
+        )
     )
     data["skip_count"] = counts.get("skipped", 0)
     if data["run"] is None:
@@ -361,7 +363,9 @@ def report(results: dict[str, dict], allow_declared: bool = False) -> int:
     status = 0
     for backend, result in results.items():
         if result.get("run") is None:
-            print(f"\n{backend}: the run produced no results; tail of its log:\n{result['crashed']}")
+            print(
+                f"\n{backend}: the run produced no results; tail of its log:\n{result['crashed']}"
+            )
             status = 2
     if set(results) != {"stock", "pooled"}:
         return status
@@ -421,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pool-options", default="true",
                         help="JSON for the pooled OPTIONS['pool'] (default: true)")  # fmt: skip
     parser.add_argument("--source", type=Path, default=REPO,
-                        help="folder to import django_pooled_pg from (default: %(default)s)")  # fmt: skip
+                        help="import django_pooled_pg from here (%(default)s)")  # fmt: skip
     parser.add_argument(
         "--allow-declared-skips", action="store_true",
         help="don't count pooled-only skips that django_pooled_pg declares in "

@@ -223,7 +223,8 @@ class ExitAndImportTests(PoolTestCase):
     def test_engine_imports_no_django(self):
         code = (
             "import sys, django_pooled_pg.pool, django_pooled_pg.testing\n"
-            "assert not [m for m in sys.modules if m.split('.')[0] == 'django'], 'django imported'\n"
+            "assert not [m for m in sys.modules if m.split('.')[0] == 'django'], \\\n"
+            "    'django imported'\n"
         )
         result = run_engine_code(code, timeout=30)
         self.assertEqual(result.returncode, 0, result.stderr)

@@ -10,6 +10,8 @@ from django.utils import timezone
 
 from shop.models import Category, Customer, Order, OrderLine, Product, Supplier
 
+CITIES = ["Helsinki", "Berlin", "Paris", "Tokyo"]
+
 
 class Command(BaseCommand):
     help = "Load demo data: categories, suppliers, products, customers, orders; user admin/admin."
@@ -37,7 +39,7 @@ class Command(BaseCommand):
             for i in range(products)
         )
         customers = Customer.objects.bulk_create(
-            Customer(name=f"customer {i}", city=rng.choice(["Helsinki", "Berlin", "Paris", "Tokyo"]))
+            Customer(name=f"customer {i}", city=rng.choice(CITIES))
             for i in range(500)
         )
         start = timezone.now() - datetime.timedelta(days=365)
@@ -53,4 +55,6 @@ class Command(BaseCommand):
         user_model = get_user_model()
         if not user_model.objects.filter(username="admin").exists():
             user_model.objects.create_superuser("admin", "admin@example.invalid", "admin")
-        self.stdout.write(f"loaded {products} products, {len(orders)} orders; staff user admin/admin")
+        self.stdout.write(
+            f"loaded {products} products, {len(orders)} orders; staff user admin/admin"
+        )
