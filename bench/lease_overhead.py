@@ -73,14 +73,9 @@ def main() -> int:
     parser.add_argument("--loops", type=int, default=20000)
     args = parser.parse_args()
 
-    cluster = None
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        from django_pooled_pg.testing import Cluster
+    from server import start_server  # bench/server.py (this script's folder)
 
-        cluster = Cluster(settings={"timezone": "'UTC'"}).init()
-        cluster.start()
-        url = cluster.url
+    cluster, url = start_server()
     try:
         import request_cycle as rc
 

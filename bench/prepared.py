@@ -179,19 +179,12 @@ def main() -> int:
     if args.rounds < 1 or args.seconds <= 0 or args.scale < 1:
         parser.error("--rounds and --scale must be at least 1, --seconds above 0")
 
-    cluster = None
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        from django_pooled_pg.testing import Cluster
+    from server import start_server  # bench/server.py (this script's folder)
 
-        cluster = Cluster(settings={
-            "timezone": "'UTC'",
-            "shared_preload_libraries": "'pg_stat_statements'",
-            "pg_stat_statements.track_planning": "on",
-        }).init()  # fmt: skip
-        cluster.start()
-        url = cluster.url
-        print(f"PostgreSQL throwaway cluster on port {cluster.port} ({cluster.bindir})")
+    cluster, url = start_server({
+        "shared_preload_libraries": "'pg_stat_statements'",
+        "pg_stat_statements.track_planning": "on",
+    })  # fmt: skip
     try:
         from request_cycle import pin_processes  # bench/ is this script's folder
 

@@ -616,17 +616,9 @@ def main() -> int:
     if min(args.rounds, args.tracking_rounds) < 1:
         parser.error("rounds must be at least 1")
 
-    cluster = None
-    url = os.environ.get("DATABASE_URL")
-    if not url:
-        from django_pooled_pg.testing import Cluster
+    from server import start_server  # bench/server.py (this script's folder)
 
-        cluster = Cluster(settings={"timezone": "'UTC'"}).init()
-        cluster.start()
-        url = cluster.url
-        print(f"PostgreSQL throwaway cluster on port {cluster.port} ({cluster.bindir})")
-    else:
-        print("PostgreSQL from $DATABASE_URL")
+    cluster, url = start_server()
     try:
         args.placement = pin_processes(args.pin, cluster.datadir if cluster else None)
         return run(args, url)

@@ -4,6 +4,22 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import Any
+
+
+def start_server(settings: dict[str, str] | None = None) -> tuple[Any, str]:
+    """(cluster, url): the server of $DATABASE_URL (cluster None), else a throwaway cluster
+    started here with the time zone UTC and ``settings`` (the caller destroys it)."""
+    url = os.environ.get("DATABASE_URL")
+    if url:
+        print("PostgreSQL from $DATABASE_URL")
+        return None, url
+    from django_pooled_pg.testing import Cluster
+
+    cluster = Cluster(settings={"timezone": "'UTC'", **(settings or {})}).init()
+    cluster.start()
+    print(f"PostgreSQL throwaway cluster on port {cluster.port} ({cluster.bindir})")
+    return cluster, cluster.url
 
 
 def postmaster_pids(datadir: str) -> list[int]:
