@@ -15,6 +15,16 @@ from .helpers import PoolTestCase, admin_connection, query, run_in_threads, wait
 from .test_lease_safety import PooledAliasTestCase
 
 
+def warnings_of_two_maintenance_runs(test, pool, containing):
+    """The warnings containing ``containing`` that two maintenance runs in a row log (a
+    warning that must come once shows here once, not twice)."""
+    with test.assertLogs("django_pooled_pg", logging.WARNING) as logs:
+        pool.run_maintenance()
+        pool.run_maintenance()
+        logging.getLogger("django_pooled_pg").warning("end")  # assertLogs needs one line
+    return [line for line in logs.output if containing in line]
+
+
 class IdleInTransactionTests(PooledAliasTestCase):
     databases = {"default"}
     pool_options = {"idle_in_transaction_threshold": 0.2, "tracking": "stacks"}
@@ -73,11 +83,7 @@ class IdleInTransactionTests(PooledAliasTestCase):
         started.wait(10)
         pool = connection.database.pool
         wait_until(lambda: pool.idle_in_transaction(), what="idle in transaction")
-        with self.assertLogs("django_pooled_pg", logging.WARNING) as logs:
-            pool.run_maintenance()
-            pool.run_maintenance()
-            logging.getLogger("django_pooled_pg").warning("end")
-        warnings = [line for line in logs.output if "idle in transaction" in line]
+        warnings = warnings_of_two_maintenance_runs(self, pool, "idle in transaction")
         self.assertEqual(len(warnings), 1)
         self.assertIn("list(Category.objects.all())", warnings[0])
         self.assertIn('FROM "shop_category"', warnings[0])
@@ -88,11 +94,7 @@ class LeakWarningTests(PoolTestCase):
         pool = self.make_pool(leak_threshold=0.1, cleaner="inline")
         held = pool.checkout()  # the leaking line
         wait_until(lambda: time.monotonic() - held.record.leased_at > 0.1, what="threshold")
-        with self.assertLogs("django_pooled_pg", logging.WARNING) as logs:
-            pool.run_maintenance()
-            pool.run_maintenance()
-            logging.getLogger("django_pooled_pg").warning("end")
-        leaks = [line for line in logs.output if "leak_threshold" in line]
+        leaks = warnings_of_two_maintenance_runs(self, pool, "leak_threshold")
         self.assertEqual(len(leaks), 1)
         self.assertIn("held = pool.checkout()  # the leaking line", leaks[0])
         held.close()
