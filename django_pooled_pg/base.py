@@ -170,7 +170,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return (
             settings["NAME"], settings["USER"], settings["PASSWORD"], settings["HOST"],
             settings["PORT"], repr(settings["OPTIONS"]), self.timezone_name, conf.generation(),
-            targets.generation(), identity.pid(),
+            identity.pid(),
         )  # fmt: skip
 
     def get_pool(

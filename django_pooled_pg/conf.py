@@ -14,8 +14,9 @@ __all__ = ["configure_pool", "pool_config"]
 _overrides: dict[str, dict[str, Any]] = {}
 #: Parsed configs by (alias, repr of the options).
 _parsed: dict[tuple[str, str], PoolConfig | None] = {}
-#: Bumped whenever configure_pool()/reset_pool_config() change an alias's options, so that
-#: wrappers drop the pool they cached for their leases.
+#: Bumped whenever something a lease's target depends on changes (configure_pool(),
+#: reset_pool_config(), a new prepare target, a new host name), so that wrappers drop the
+#: pool they cached for their leases.
 _generation = 0
 
 
@@ -54,10 +55,16 @@ def _parse_pool_config(alias: str, settings_dict: dict[str, Any]) -> PoolConfig 
         ) from None
 
 
-def _changed() -> None:
+def invalidate_lease_targets() -> None:
+    """Make every wrapper work out its lease target (pool, parameters) again at its next
+    lease: part of its settings fingerprint changed."""
     global _generation
-    _parsed.clear()
     _generation += 1
+
+
+def _changed() -> None:
+    _parsed.clear()
+    invalidate_lease_targets()
 
 
 def configure_pool(alias: str, **options: Any) -> PoolConfig:

@@ -25,5 +25,5 @@ def retag_sessions_on_host_change(setting: str, **kwargs: Any) -> None:
     if identity.host() != before:
         # Wrappers cache their connection parameters (and so the application_name) under
         # the options' generation: bump it, and let the pools of the old name go.
-        conf._changed()
+        conf.invalidate_lease_targets()
         close_pools()

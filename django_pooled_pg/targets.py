@@ -12,23 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.exceptions import ImproperlyConfigured
 
+from . import conf
 from .pool.prepared import UnpreparableStatement, check_plan_cache_mode, check_preparable
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
 
-__all__ = ["add_prepare_target", "clear_prepare_targets", "generation"]
+__all__ = ["add_prepare_target", "clear_prepare_targets", "install"]
 
 #: (alias or None for every alias, SQL, name, plan_cache_mode), in registration order.
 _registered: list[tuple[str | None, str, str | None, str | None]] = []
 _lock = threading.Lock()
-#: Bumped at each registration: wrappers see it in their settings fingerprint and install
-#: the new targets in their pool at the next lease.
-_generation = 0
-
-
-def generation() -> int:
-    return _generation
 
 
 def compile_target(target: Any, alias: str) -> str:
@@ -63,7 +57,6 @@ def add_prepare_target(
     ``AppConfig.ready()``: compiling a queryset sends no query. Returns the SQL shapes.
     Raises UnpreparableStatement (a ValueError) for SQL that PREPARE cannot take.
     """
-    global _generation
     from django.db import connections
 
     check_plan_cache_mode(plan_cache_mode)
@@ -79,7 +72,7 @@ def add_prepare_target(
         # The same SQL for the same alias again replaces its entry (name, plan_cache_mode).
         again = {(alias, sql) for alias, sql, _, _ in compiled}
         _registered[:] = [t for t in _registered if (t[0], t[1]) not in again] + compiled
-        _generation += 1
+    conf.invalidate_lease_targets()  # wrappers install the new targets at their next lease
     # Pools already open take the target now; the others at their wrapper's next lease.
     from . import registry
 
@@ -92,12 +85,11 @@ def add_prepare_target(
 
 def clear_prepare_targets(using: str | None = None) -> None:
     """Forget registered targets (of one alias, or all); pools of it stop preparing them."""
-    global _generation
     from . import registry
 
     with _lock:
         _registered[:] = [t for t in _registered if using is not None and t[0] != using]
-        _generation += 1
+    conf.invalidate_lease_targets()
     for pool in registry.pools():
         if pool.prepared is not None and (using is None or pool.name.startswith(f"{using}:")):
             pool.prepared.clear()
