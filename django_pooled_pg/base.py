@@ -41,6 +41,12 @@ def _configure_new_connection(isolation_level: Any) -> Any:
     return configure
 
 
+def _frozen(fingerprint: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A fingerprint with a copy of its OPTIONS (two levels: OPTIONS["pool"] is a dict)."""
+    options = {k: dict(v) if isinstance(v, dict) else v for k, v in fingerprint[5].items()}
+    return (*fingerprint[:5], options, *fingerprint[6:])
+
+
 # Stacks taken in a request stop at the handler: what is above it is Django and the server.
 stacks.STOP_AT.update(
     {BaseHandler._get_response.__code__, BaseHandler._get_response_async.__code__}
@@ -160,16 +166,18 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             ) from None
         params = self.get_connection_params()
         pool = self.get_pool(params, config)
-        self._cached_lease_target = (fingerprint, isolation_level, pool, params)
+        self._cached_lease_target = (_frozen(fingerprint), isolation_level, pool, params)
         return isolation_level, pool
 
     _cached_lease_target: tuple[Any, Any, ConnectionPool, dict[str, Any]] | None = None
 
     def _settings_fingerprint(self) -> tuple[Any, ...]:
+        """What the lease target depends on. It holds the live OPTIONS dict: the cached
+        copy (_frozen) compares equal only while nobody changed OPTIONS in place."""
         settings = self.settings_dict
         return (
             settings["NAME"], settings["USER"], settings["PASSWORD"], settings["HOST"],
-            settings["PORT"], repr(settings["OPTIONS"]), self.timezone_name, conf.generation(),
+            settings["PORT"], settings["OPTIONS"], self.timezone_name, conf.generation(),
             identity.pid(),
         )  # fmt: skip
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
+
+import psycopg2.extensions
 
 from .errors import ConnectionReturned
 from .prepared import release_guard, release_guard_first
@@ -16,7 +19,7 @@ if TYPE_CHECKING:
     from .record import ConnectionRecord
     from .tracker import Tracker
 
-__all__ = ["ConnectionHandle", "PooledCursor"]
+__all__ = ["ConnectionHandle", "PooledCursor", "forwarding_class"]
 
 #: Lease numbers, unique in the process (itertools.count is atomic under the GIL).
 _lease_numbers = itertools.count(1)
@@ -25,15 +28,7 @@ _lease_numbers = itertools.count(1)
 _SESSION_CHANGING_METHODS = frozenset({"set_client_encoding", "tpc_begin", "lobject"})
 
 
-def _guarded(method: Any, check: Any) -> Any:
-    """``method`` that first runs ``check()`` (which raises once the lease is over)."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        check()
-        return method(*args, **kwargs)
-
-    return call
-
+_PSYCOPG2_CURSOR = psycopg2.extensions.cursor
 
 _RETURNED = (
     "this connection handle's lease has ended (it was returned to the pool, or the process "
@@ -43,6 +38,10 @@ _RETURNED = (
 
 class ConnectionHandle:
     """Forwards to a psycopg2 connection while the lease lasts; raises ConnectionReturned after.
+
+    psycopg2's connection API is forwarded by generated methods and properties (see
+    forwarding_class()), not by __getattr__/__setattr__: with those hooks every access to
+    the handle's own slots, on every lease, takes CPython's slow attribute path.
 
     ``close()`` checks the connection back in. Holders never see the raw connection, so a
     handle kept past its lease can never run on the next holder's session.
@@ -73,29 +72,29 @@ class ConnectionHandle:
     find_pool: Any
 
     def __init__(self, pool: ConnectionPool, record: ConnectionRecord) -> None:
-        object.__setattr__(self, "_pool", pool)
-        object.__setattr__(self, "_parked", False)
-        object.__setattr__(self, "on_new_connection", None)
-        object.__setattr__(self, "find_pool", None)
+        self._pool = pool
+        self.on_new_connection = None
+        self.find_pool = None
         self._bind(record)
 
     def _bind(self, record: ConnectionRecord) -> None:
-        object.__setattr__(self, "_record", record)
-        object.__setattr__(self, "_conn", record.conn)
-        object.__setattr__(self, "_lease", next(_lease_numbers))
+        self._record = record
+        self._conn = record.conn
+        self._lease = next(_lease_numbers)
+        self._parked = False
 
     def _end(self, parked: bool) -> None:
-        object.__setattr__(self, "_conn", None)
-        object.__setattr__(self, "_lease", -1)
-        object.__setattr__(self, "_parked", parked)
+        self._conn = None
+        self._lease = -1
+        self._parked = parked
 
     def _live(self) -> Any:
         conn = self._conn
         if conn is None:
             if not self._parked:
                 raise ConnectionReturned(_RETURNED)
-            if self._pool.closed and self.find_pool is not None:
-                object.__setattr__(self, "_pool", self.find_pool())
+            if self._pool._closed and self.find_pool is not None:
+                self._pool = self.find_pool()
             if not self._pool.resume(self) and self.on_new_connection is not None:
                 self.on_new_connection()
             conn = self._conn
@@ -121,15 +120,24 @@ class ConnectionHandle:
         return self._record
 
     def cursor(self, *args: Any, **kwargs: Any) -> PooledCursor:
-        conn = self._live()
-        record = self._record
-        if args or kwargs.get("name"):
-            # A named cursor is a server-side DECLARE: it can outlive the transaction.
-            record.dirty = True
+        conn = self._conn
+        if conn is None:
+            conn = self._live()
+        if args or kwargs:
+            if args or kwargs.get("name"):
+                # A named cursor is a server-side DECLARE: it can outlive the transaction.
+                self._record.dirty = True
+            raw = conn.cursor(*args, **kwargs)
+        else:
+            raw = conn.cursor()
+        if type(raw) is _PSYCOPG2_CURSOR:
+            cursor = PooledCursor(self, raw)
+        else:  # a cursor_factory's class
+            cursor = forwarding_class(PooledCursor, raw)(self, raw)
         tracker = self._pool.tracker
-        if tracker is not None:
-            tracker.cursor_taken(record)
-        return PooledCursor(self, conn.cursor(*args, **kwargs))
+        if tracker is not None and tracker.stacks:
+            tracker.cursor_taken(self._record)
+        return cursor
 
     def close(self) -> None:
         """Check the connection back in for good; closing twice is harmless."""
@@ -166,30 +174,6 @@ class ConnectionHandle:
     def autocommit(self, value: bool) -> None:
         self._live().autocommit = value
 
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._live(), name)
-        if callable(value):
-            lease = self._lease
-
-            def check() -> None:
-                if self._lease != lease:
-                    raise ConnectionReturned(_RETURNED)
-
-            if name in _SESSION_CHANGING_METHODS:
-                self._record.dirty = True
-            return _guarded(value, check)
-        return value
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if (
-            name == "on_new_connection"
-            or name == "find_pool"
-            or isinstance(ConnectionHandle.__dict__.get(name), property)
-        ):
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self._live(), name, value)
-
     def __enter__(self) -> ConnectionHandle:
         self._live().__enter__()
         return self
@@ -204,7 +188,11 @@ class ConnectionHandle:
 
 class PooledCursor:
     """A psycopg2 cursor that refuses work once its lease has ended, and notes statements
-    that may change session state so that the return knows whether a full reset is due."""
+    that may change session state so that the return knows whether a full reset is due.
+
+    The rest of psycopg2's cursor API is forwarded by generated methods and properties
+    (see forwarding_class()).
+    """
 
     __slots__ = ("_cursor", "_handle", "_lease", "_record", "_tracker", "_prepared", "_shown")
 
@@ -217,16 +205,16 @@ class PooledCursor:
 
     def __init__(self, handle: ConnectionHandle, cursor: Any) -> None:
         # Fixed for the cursor's life: its lease number pins it to one record.
-        setattr_ = object.__setattr__
-        setattr_(self, "_handle", handle)
-        setattr_(self, "_cursor", cursor)
-        setattr_(self, "_lease", handle._lease)
-        setattr_(self, "_record", handle._record)
-        setattr_(self, "_tracker", handle._pool.tracker)
+        self._handle = handle
+        self._cursor = cursor
+        self._lease = handle._lease
+        self._record = handle._record
+        pool = handle._pool
+        self._tracker = pool.tracker
         # Named cursors (DECLARE ... FOR) cannot run EXECUTE: they never run prepared.
-        setattr_(self, "_prepared", handle._pool.prepared if cursor.name is None else None)
+        self._prepared = pool.prepared if cursor.name is None else None
         #: (query, params) of the last execute() when it ran prepared: what ``query`` shows
-        setattr_(self, "_shown", None)
+        self._shown = None
 
     def _live(self) -> Any:
         if self._lease != self._handle._lease:
@@ -250,17 +238,30 @@ class PooledCursor:
             record.dirty = record.deallocate = True
 
     def execute(self, query: Any, vars: Any = None) -> None:
-        cursor = self._live()
+        if self._lease != self._handle._lease:
+            raise ConnectionReturned(_RETURNED)
+        cursor = self._cursor
         prepared = self._prepared
         if prepared is not None and vars is not None:
             plan = prepared.plan_for(query)
             if plan is not None:
                 record = self._record
                 run = lambda q, a: prepared.execute(cursor, record, plan, q, a)  # noqa: E731
-                object.__setattr__(self, "_shown", (query, vars))
+                self._shown = (query, vars)
                 self._run(run, query, vars, prepared_run=True)
                 return
-        self._run(cursor.execute, query, vars)
+        record = self._record
+        if (
+            record.deallocate  # the fullest reset is due already, or something to look at:
+            or type(query) is not str
+            or _verdicts.get(query) is not False
+            or self._shown is not None
+            or record.release_pending
+            or self._tracker is not None
+        ):
+            self._run(cursor.execute, query, vars)
+        else:  # the common case, spelled out: a known statement that changes no session state
+            cursor.execute(query, vars)
 
     def executemany(self, query: Any, vars_list: Any) -> None:
         self._run(self._live().executemany, query, vars_list)
@@ -285,11 +286,13 @@ class PooledCursor:
 
     def _run(self, method: Any, query: Any, args: Any, prepared_run: bool = False) -> Any:
         record = self._record
-        if not record.deallocate:  # else the fullest reset is due already
+        if not record.deallocate and (  # else the fullest reset is due already
+            type(query) is not str or _verdicts.get(query) is not False
+        ):
             self._note(query)
         if not prepared_run:  # (a prepared run does both itself)
             if self._shown is not None:
-                object.__setattr__(self, "_shown", None)
+                self._shown = None
             if record.release_pending:
                 # The last prepared EXECUTE left its guard savepoint open: release it
                 # first, so that it never encloses the holder's own savepoints.
@@ -301,7 +304,9 @@ class PooledCursor:
         return tracker.run(record, method, query, args, self._cursor)
 
     def fetchone(self) -> Any:
-        return self._live().fetchone()
+        if self._lease != self._handle._lease:
+            raise ConnectionReturned(_RETURNED)
+        return self._cursor.fetchone()
 
     def fetchmany(self, size: int | None = None) -> Any:
         cursor = self._live()
@@ -340,18 +345,72 @@ class PooledCursor:
         # Like psycopg2's cursor of a closed connection: closed, not an error.
         return self._lease != self._handle._lease or bool(self._cursor.closed)
 
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._live(), name)
-        if callable(value):
-            # copy_from(), scroll(), mogrify()...: they must not outlive the lease either.
-            return _guarded(value, lambda: self._live())
-        return value
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        setattr(self._live(), name, value)
-
     def __enter__(self) -> PooledCursor:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+# -- forwarding of the rest of psycopg2's API ------------------------------------------
+
+
+def _forward_method(name: str, dirties: bool) -> Any:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        target = self._live()
+        if dirties:
+            self._record.dirty = True
+        return getattr(target, name)(*args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"psycopg2's {name}(), on the live lease."
+    return method
+
+
+def _forward_attribute(name: str) -> property:
+    def get(self: Any) -> Any:
+        return getattr(self._live(), name)
+
+    def set(self: Any, value: Any) -> None:
+        setattr(self._live(), name, value)
+
+    return property(get, set, doc=f"psycopg2's {name}, on the live lease.")
+
+
+def _add_forwarders(cls: type, wrapped: type, instance: Any = None) -> None:
+    """Give ``cls`` a forwarder for each public name of ``wrapped`` (and of ``instance``'s
+    own attributes) that ``cls`` does not define itself."""
+    names = {name for name in dir(wrapped) if not name.startswith("_")}
+    if instance is not None:
+        names.update(n for n in getattr(instance, "__dict__", ()) if not n.startswith("_"))
+    for name in sorted(names):
+        if hasattr(cls, name):
+            continue
+        member = inspect.getattr_static(wrapped, name, None)
+        if callable(member) and not inspect.isclass(member) and not isinstance(member, property):
+            forwarder: Any = _forward_method(name, name in _SESSION_CHANGING_METHODS)
+        else:
+            forwarder = _forward_attribute(name)
+        setattr(cls, name, forwarder)
+
+
+_classes: dict[tuple[type, type], type] = {}
+
+
+def forwarding_class(base: type, wrapped: Any) -> Any:
+    """``base`` (ConnectionHandle or PooledCursor) for the psycopg2 object ``wrapped``:
+    ``base`` itself for psycopg2's own classes, else a subclass that also forwards what a
+    connection_factory or cursor_factory class adds."""
+    kind = type(wrapped)
+    if kind is psycopg2.extensions.connection or kind is psycopg2.extensions.cursor:
+        return base
+    cls = _classes.get((base, kind))
+    if cls is None:
+        cls = type(f"{base.__name__}[{kind.__name__}]", (base,), {"__slots__": ()})
+        _add_forwarders(cls, kind, wrapped)
+        _classes[(base, kind)] = cls
+    return cls
+
+
+_add_forwarders(ConnectionHandle, psycopg2.extensions.connection)
+_add_forwarders(PooledCursor, psycopg2.extensions.cursor)

@@ -13,6 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from threading import current_thread
 from typing import Any
 
 import psycopg2
@@ -21,7 +22,7 @@ import psycopg2.extensions
 from . import cleaner, stats
 from .config import PoolConfig
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
-from .handles import ConnectionHandle
+from .handles import ConnectionHandle, forwarding_class
 from .prepared import PreparedTargets, PrepareTarget
 from .record import ConnectionRecord
 from .session import DEALLOCATE_SQL, RESET_SQL
@@ -89,6 +90,12 @@ class ConnectionPool:
         #: None when tracking is off: the query path then skips timing altogether
         self.tracker = Tracker(name, self.config) if self.config.tracking != "off" else None
         self._inline_cleaner = self.config.cleaner == "inline"
+        #: options under which every return needs _return()'s general path
+        self._slow_return = (
+            self.config.reset == "always"
+            or self.config.max_lifetime == 0
+            or self.config.max_idle == 0
+        )
         #: the statements to run prepared (add_prepare_target()); None when turned off
         self.prepared = PreparedTargets(self.config.max_prepared) if self.config.prepare else None
         self._init_state()
@@ -110,7 +117,9 @@ class ConnectionPool:
         self._suspect_before = 0.0
         self._next_maintenance = time.monotonic()
         self._last_gc = 0.0
-        self._stats: collections.Counter[str] = collections.Counter()
+        # A plain dict with every counter: a Counter's += costs ten times as much (its
+        # __missing__ keeps the interpreter off the fast path), and the lease path counts.
+        self._stats: dict[str, int] = dict.fromkeys(stats.COUNTERS, 0)
 
     # -- checkout ---------------------------------------------------------------------
 
@@ -121,23 +130,51 @@ class ConnectionPool:
     def resume(self, handle: ConnectionHandle) -> bool:
         """Give a parked handle a connection again: its own if still idle (True), else
         another one (False: its session is the baseline, not what the holder left)."""
+        # Taking back one's own connection is every request's first query: this is
+        # _acquire() and _lease() spelled out for that case, with one lock round, minus
+        # what cannot have changed since park() (the record, its handle_ref).
         record = handle._record
-        with self._lock:
+        now = time.monotonic()
+        ping_after = self.config.ping_after
+        lock = self._lock
+        lock.acquire()  # (cheaper than "with": no bound __enter__/__exit__ to make)
+        try:
             mine = record.parked_for is handle and not self._closed
             if mine:
                 record.parked_for = None
-                if self._idle and self._idle[-1] is record:
-                    self._idle.pop()
+                idle = self._idle
+                if idle and idle[-1] is record:
+                    idle.pop()
                 else:
                     try:
-                        self._idle.remove(record)
+                        idle.remove(record)
                     except ValueError:
                         mine = False
-        if not (mine and self._usable(record)):
-            mine = False
-            record = self._acquire(None)
-        self._lease(record, handle)
-        return mine
+            # The checks of _usable() that need no round trip (the poll is free).
+            sound = (
+                mine
+                and now < record.expires_at
+                and not record.conn.closed
+                and not record.poller.poll(0)
+                and record.idle_since >= self._suspect_before
+                and (ping_after is None or now - record.idle_since < ping_after)
+            )
+            if sound:
+                self._leased.add(record)
+                self._stats[stats.REQUESTS_NUM] += 1
+        finally:
+            lock.release()
+        if not sound:
+            if mine and self._usable(record):  # the full check: may ping, or discard it
+                self._lease(record, handle)
+                return True
+            self._lease(self._acquire(None), handle)
+            return False
+        handle._bind(record)
+        record.start_lease(now, current_thread())
+        if self._track_stacks:
+            record.lease_stack = capture(2)
+        return True
 
     def _acquire(self, timeout: float | None) -> ConnectionRecord:
         if self._pid != os.getpid():
@@ -310,20 +347,21 @@ class ConnectionPool:
         self, record: ConnectionRecord, handle: ConnectionHandle | None = None
     ) -> ConnectionHandle:
         if handle is None:
-            handle = ConnectionHandle(self, record)
+            handle = forwarding_class(ConnectionHandle, record.conn)(self, record)
         else:
             handle._bind(record)
-            object.__setattr__(handle, "_parked", False)
-        record.start_lease(time.monotonic())
-        record.holder = threading.current_thread()
+        record.start_lease(time.monotonic(), current_thread())
         if self._track_stacks:
             record.lease_stack = capture(3)
         # If the holder loses the handle without returning it (a thread that died), the
         # callback queues the record for recovery; checkin drops the ref so it never fires.
-        callback = record.on_handle_lost
-        if callback is None:
-            callback = record.on_handle_lost = _leak_callback(self, record)
-        record.handle_ref = weakref.ref(handle, callback)
+        # A parked handle keeps its ref: resuming the same connection reuses it.
+        ref = record.handle_ref
+        if ref is None or ref() is not handle:
+            callback = record.on_handle_lost
+            if callback is None:
+                callback = record.on_handle_lost = _leak_callback(self, record)
+            record.handle_ref = weakref.ref(handle, callback)
         with self._lock:
             self._leased.add(record)
             self._stats[stats.REQUESTS_NUM] += 1
@@ -348,11 +386,56 @@ class ConnectionPool:
     def park(self, handle: ConnectionHandle) -> None:
         """Check the connection in like checkin(), but let ``handle`` resume it later."""
         record = handle._record
-        if handle._conn is None:
+        conn = handle._conn
+        if conn is None:
             return
         handle._end(parked=True)
-        record.handle_ref = None
-        self._return(record, park_for=handle)
+        # record.handle_ref stays: the handle is alive as long as it may resume (parked_for
+        # holds it), and the leak callback ignores a record that is not leased.
+        # Every request of a Django thread ends here: when the lease provably left the
+        # session as it found it, skip _return()'s general checks.
+        if (
+            record.dirty
+            or self._slow_return
+            or conn.closed
+            or conn.get_transaction_status() != _STATUS_IDLE
+            or not conn.autocommit
+            or conn.isolation_level != record.isolation_level
+            or conn.readonly is not None
+            or conn.deferrable is not None
+            or conn.encoding != record.encoding
+            or conn.notices
+            or conn.notifies
+            or (self.config.max_uses and record.uses >= self.config.max_uses)
+        ):
+            self._return(record, park_for=handle)
+            return
+        now = time.monotonic()
+        if now >= record.expires_at or self._pid != os.getpid():
+            self._return(record, park_for=handle)
+            return
+        record.holder = None
+        record.lease_stack = record.cursor_stack = record.execute_stack = ()
+        lock = self._lock
+        lock.acquire()
+        try:
+            self._leased.discard(record)
+            record.idle_since = now
+            if self._closed:
+                pass
+            elif self._waiters:
+                self._hand_to_waiter(record)
+                record = None  # type: ignore[assignment]
+            else:
+                record.parked_for = handle
+                self._idle.append(record)
+                record = None  # type: ignore[assignment]
+        finally:
+            lock.release()
+        if record is not None:  # closed while parking
+            self._discard(record, stats.CONNECTIONS_CLOSED)
+        if self._inline_cleaner and now >= self._next_maintenance:
+            self.run_maintenance()
 
     def _return(self, record: ConnectionRecord, park_for: ConnectionHandle | None = None) -> None:
         if self._pid != os.getpid():
@@ -368,7 +451,8 @@ class ConnectionPool:
             reason = stats.CONNECTIONS_CLOSED
         else:
             reason = self._reset(record)
-        record.end_lease()
+        record.holder = None
+        record.lease_stack = record.cursor_stack = record.execute_stack = ()
         if reason is not None:
             with self._lock:
                 self._leased.discard(record)
@@ -635,7 +719,7 @@ class ConnectionPool:
         with self._lock:
             values = {name: self._stats[name] for name in stats.COUNTERS}
             values.update(self._gauges())
-            self._stats.clear()
+            self._stats = dict.fromkeys(stats.COUNTERS, 0)
         return values
 
     def _gauges(self) -> dict[str, int]:
@@ -725,11 +809,12 @@ class ConnectionPool:
 def _leak_callback(pool: ConnectionPool, record: ConnectionRecord) -> Callable[[Any], None]:
     pool_ref = weakref.ref(pool)
 
-    def handle_lost(_: Any) -> None:
+    def handle_lost(ref: Any) -> None:
         # Runs inside garbage collection, possibly while this thread holds the pool
         # lock: only queue the record; checkout, waiters and the cleaner recover it.
+        # A record that is not leased (parked, idle, discarded) was not lost.
         owner = pool_ref()
-        if owner is not None and record.handle_ref is not None:
+        if owner is not None and record.handle_ref is ref and record.holder is not None:
             record.handle_ref = None
             if owner._closed and owner._pid == os.getpid():
                 try:  # a closed pool recovers nothing: just hang up

@@ -64,17 +64,14 @@ class ConnectionRecord:
         self.leak_warned = False
         self.idle_tx_warned = False
 
-    def start_lease(self, now: float) -> None:
+    def start_lease(self, now: float, holder: threading.Thread) -> None:
+        self.holder = holder
         self.uses += 1
         self.dirty = self.deallocate = self.release_pending = False
         self.leased_at = now
         self.cursor_stack = self.execute_stack = ()
         self.query_ended = 0.0
         self.leak_warned = self.idle_tx_warned = False
-
-    def end_lease(self) -> None:
-        self.holder = None
-        self.lease_stack = self.cursor_stack = self.execute_stack = ()
 
     def __repr__(self) -> str:
         return f"<ConnectionRecord pid={self.backend_pid} uses={self.uses}>"
