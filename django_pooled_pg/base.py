@@ -103,7 +103,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 self.settings_dict = settings_dict
         # Sessions say which host, process and alias they serve (pg_stat_activity, and the
         # status app's join); OPTIONS["application_name"] wins. It holds the pid: a forked
-        # child gets its own (the pid is in _settings_fingerprint(), so it is worked out anew).
+        # child gets its own (a fork bumps conf.generation(), so it is worked out anew).
         params.setdefault("application_name", identity.application_name(self.alias))
         return params
 
@@ -178,7 +178,6 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return (
             settings["NAME"], settings["USER"], settings["PASSWORD"], settings["HOST"],
             settings["PORT"], settings["OPTIONS"], self.timezone_name, conf.generation(),
-            identity.pid(),
         )  # fmt: skip
 
     def get_pool(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
@@ -22,6 +23,14 @@ _generation = 0
 
 def generation() -> int:
     return _generation
+
+
+def _after_fork_in_child() -> None:
+    # A forked child tags its sessions with its own pid (identity.application_name()).
+    invalidate_lease_targets()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def pool_config(alias: str, settings_dict: dict[str, Any]) -> PoolConfig | None:

@@ -30,6 +30,13 @@ _SESSION_CHANGING_METHODS = frozenset({"set_client_encoding", "tpc_begin", "lobj
 
 _PSYCOPG2_CURSOR = psycopg2.extensions.cursor
 
+#: Forwarded methods that cannot change psycopg2's session characteristics (any other
+#: call makes the return compare them with the baseline: a cheap check, but not free).
+_READING_METHODS = frozenset(
+    "cancel fileno get_backend_pid get_dsn_parameters get_native_connection "
+    "get_parameter_status get_transaction_status isexecuting poll xid".split()
+)
+
 _RETURNED = (
     "this connection handle's lease has ended (it was returned to the pool, or the process "
     "forked): take a new connection instead of keeping cursors or handles across leases"
@@ -172,7 +179,9 @@ class ConnectionHandle:
 
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
-        self._live().autocommit = value
+        conn = self._live()
+        self._record.characteristics_changed = True
+        conn.autocommit = value
 
     def __enter__(self) -> ConnectionHandle:
         self._live().__enter__()
@@ -355,11 +364,13 @@ class PooledCursor:
 # -- forwarding of the rest of psycopg2's API ------------------------------------------
 
 
-def _forward_method(name: str, dirties: bool) -> Any:
+def _forward_method(name: str, dirties: bool, changes_characteristics: bool) -> Any:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         target = self._live()
         if dirties:
             self._record.dirty = True
+        if changes_characteristics:
+            self._record.characteristics_changed = True
         return getattr(target, name)(*args, **kwargs)
 
     method.__name__ = method.__qualname__ = name
@@ -367,12 +378,15 @@ def _forward_method(name: str, dirties: bool) -> Any:
     return method
 
 
-def _forward_attribute(name: str) -> property:
+def _forward_attribute(name: str, changes_characteristics: bool) -> property:
     def get(self: Any) -> Any:
         return getattr(self._live(), name)
 
     def set(self: Any, value: Any) -> None:
-        setattr(self._live(), name, value)
+        target = self._live()
+        if changes_characteristics:  # isolation_level, readonly... of a connection
+            self._record.characteristics_changed = True
+        setattr(target, name, value)
 
     return property(get, set, doc=f"psycopg2's {name}, on the live lease.")
 
@@ -383,14 +397,19 @@ def _add_forwarders(cls: type, wrapped: type, instance: Any = None) -> None:
     names = {name for name in dir(wrapped) if not name.startswith("_")}
     if instance is not None:
         names.update(n for n in getattr(instance, "__dict__", ()) if not n.startswith("_"))
+    on_connection = issubclass(cls, ConnectionHandle)
     for name in sorted(names):
         if hasattr(cls, name):
             continue
         member = inspect.getattr_static(wrapped, name, None)
         if callable(member) and not inspect.isclass(member) and not isinstance(member, property):
-            forwarder: Any = _forward_method(name, name in _SESSION_CHANGING_METHODS)
+            forwarder: Any = _forward_method(
+                name,
+                dirties=name in _SESSION_CHANGING_METHODS,
+                changes_characteristics=on_connection and name not in _READING_METHODS,
+            )
         else:
-            forwarder = _forward_attribute(name)
+            forwarder = _forward_attribute(name, changes_characteristics=on_connection)
         setattr(cls, name, forwarder)
 
 

@@ -133,6 +133,8 @@ class ConnectionPool:
         # Taking back one's own connection is every request's first query: this is
         # _acquire() and _lease() spelled out for that case, with one lock round, minus
         # what cannot have changed since park() (the record, its handle_ref).
+        if self._pid != os.getpid():
+            self._forget_after_fork()  # (this also ends the handle's right to resume)
         record = handle._record
         now = time.monotonic()
         ping_after = self.config.ping_after
@@ -394,24 +396,21 @@ class ConnectionPool:
         # holds it), and the leak callback ignores a record that is not leased.
         # Every request of a Django thread ends here: when the lease provably left the
         # session as it found it, skip _return()'s general checks.
+        # (No pid check here: whatever a forked child parks, its next resume() or
+        # checkout forgets, before anything is sent. Notifies need a LISTEN: dirty.)
         if (
             record.dirty
+            or record.characteristics_changed
             or self._slow_return
             or conn.closed
             or conn.get_transaction_status() != _STATUS_IDLE
-            or not conn.autocommit
-            or conn.isolation_level != record.isolation_level
-            or conn.readonly is not None
-            or conn.deferrable is not None
-            or conn.encoding != record.encoding
             or conn.notices
-            or conn.notifies
             or (self.config.max_uses and record.uses >= self.config.max_uses)
         ):
             self._return(record, park_for=handle)
             return
         now = time.monotonic()
-        if now >= record.expires_at or self._pid != os.getpid():
+        if now >= record.expires_at:
             self._return(record, park_for=handle)
             return
         record.holder = None

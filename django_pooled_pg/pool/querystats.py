@@ -52,7 +52,9 @@ class QueryStats:
             self._shapes[sql] = shape
         if rows < 0:
             rows = 0
-        with self._lock:
+        lock = self._lock
+        lock.acquire()  # (every query comes here: cheaper than "with")
+        try:
             entry = self._entries.get(shape)
             if entry is None:
                 if len(self._entries) >= self.max_statements:
@@ -64,6 +66,8 @@ class QueryStats:
                 if seconds > entry[2]:
                     entry[2] = seconds
                 entry[3] += rows
+        finally:
+            lock.release()
 
     def _evict(self) -> None:
         rarest = sorted(self._entries.items(), key=lambda item: item[1][0])

@@ -21,7 +21,7 @@ class ConnectionRecord:
         "init_sql", "isolation_level", "handle_ref", "leased_at", "lease_stack", "holder",
         "cursor_stack", "execute_stack", "last_query", "query_started", "query_ended",
         "leak_warned", "idle_tx_warned", "on_handle_lost", "parked_for", "poller", "deallocate",
-        "encoding", "statements", "release_pending", "__weakref__",
+        "encoding", "statements", "release_pending", "characteristics_changed", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, conn: Any, opened_at: float, expires_at: float, init_sql: str) -> None:
@@ -44,6 +44,10 @@ class ConnectionRecord:
         #: psycopg2's isolation level as configure() left it: the baseline checkin restores
         self.isolation_level = conn.isolation_level
         self.encoding = conn.encoding
+        #: set when the holder may have changed psycopg2's session characteristics
+        #: (autocommit, isolation level, read-only, deferrable, encoding): the return then
+        #: compares them with the baseline above
+        self.characteristics_changed = False
         #: the pool's prepared statements on this connection (see prepared.py)
         self.statements = new_statement_registry()
         #: a prepared EXECUTE left its guard savepoint open for the next statement to release
@@ -68,6 +72,7 @@ class ConnectionRecord:
         self.holder = holder
         self.uses += 1
         self.dirty = self.deallocate = self.release_pending = False
+        self.characteristics_changed = False
         self.leased_at = now
         self.cursor_stack = self.execute_stack = ()
         self.query_ended = 0.0

@@ -27,25 +27,50 @@ DEFAULT_HIDDEN = (
 )
 
 
-#: Code objects where a walk up the stack may stop: everything above them is the
-#: framework's request machinery (the Django layer adds its handler's _get_response).
-#: Stopping there makes a stack taken in a view cost about a third of a full walk.
-STOP_AT: set[CodeType] = set()
+class _StopAt:
+    """Code objects where a walk up the stack may stop: everything above them is the
+    framework's request machinery (the Django layer adds its handler's _get_response).
+    Stopping there makes a stack taken in a view cost about a third of a full walk.
+
+    Compared by identity: a code object does not cache its hash, and hashing one (its
+    bytecode, constants and names) costs more than the rest of a frame's step.
+    """
+
+    def __init__(self) -> None:
+        self.ids: set[int] = set()
+        self._codes: list[CodeType] = []  # keeps the ids valid
+
+    def add(self, code: CodeType) -> None:
+        if id(code) not in self.ids:
+            self._codes.append(code)
+            self.ids.add(id(code))
+
+    def update(self, codes: Iterable[CodeType]) -> None:
+        for code in codes:
+            self.add(code)
+
+    def __contains__(self, code: object) -> bool:
+        return id(code) in self.ids
+
+
+STOP_AT = _StopAt()
 
 
 def capture(skip: int = 1, limit: int = 64) -> Stack:
     """The caller's stack (``skip`` frames up), innermost first, at most ``limit`` frames,
     up to and including the first frame whose code is in STOP_AT."""
     frame: FrameType | None = sys._getframe(skip)
-    frames = []
-    stop = STOP_AT
-    while frame is not None and limit:
-        code = frame.f_code
-        frames.append((code, frame.f_lasti))
-        if code in stop:
+    frames: list[tuple[CodeType, int]] = []
+    append = frames.append
+    stop = STOP_AT.ids
+    for _ in range(limit):
+        code = frame.f_code  # type: ignore[union-attr]
+        append((code, frame.f_lasti))  # type: ignore[union-attr]
+        if id(code) in stop:
             break
-        frame = frame.f_back
-        limit -= 1
+        frame = frame.f_back  # type: ignore[union-attr]
+        if frame is None:
+            break
     return tuple(frames)
 
 

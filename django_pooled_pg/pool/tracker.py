@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 import psycopg2.extensions
@@ -62,18 +62,20 @@ class Tracker:
     ) -> Any:
         """Run ``method(query, args)`` timed, noting the query and where it ran."""
         record.last_query = query
-        started = record.query_started = time.monotonic()
+        started = record.query_started = _monotonic()
         try:
             return method(query, args)
         finally:
-            ended = record.query_ended = time.monotonic()
+            ended = record.query_ended = _monotonic()
             record.query_started = 0.0
             self.queries.add(query, ended - started, cursor.rowcount)
             # Stacks cost about a microsecond per frame the first time a frame is seen.
             # The cursor and execute stacks only matter for a connection left idle in a
             # transaction, so they are taken only when a transaction is open.
-            if self.stacks and _in_transaction(record.conn):
-                record.execute_stack = capture(3, _QUERY_STACK_FRAMES)
+            if self.stacks:
+                conn = record.conn
+                if not conn.autocommit or conn.get_transaction_status() != _IDLE:
+                    record.execute_stack = capture(3, _QUERY_STACK_FRAMES)
 
     # -- views ----------------------------------------------------------------------------
 
