@@ -4,14 +4,18 @@ import gc
 import logging
 import threading
 
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
 from django.core.signals import request_finished, request_started
 from django.db import InterfaceError, connection, connections
 from django.test import SimpleTestCase
 
 from django_pooled_pg.conf import configure_pool, reset_pool_config
+from django_pooled_pg.pool import ConnectionPool, ConnectionReturned
 from django_pooled_pg.pool import stats as S
 
-from .helpers import query, run_in_threads
+from .helpers import PoolTestCase, query, run_in_threads, server_params
 
 
 class PooledAliasTestCase(SimpleTestCase):
@@ -172,3 +176,58 @@ class GuardedMethodTests(PooledAliasTestCase):
             get_status()
         with self.assertRaises(ConnectionReturned):
             mogrify("SELECT %s", [1])
+
+
+class ForwardingTests(PoolTestCase):
+    """Handles and cursors forward psycopg2's API (and what factory classes add) without
+    __getattr__, and every forwarded name refuses to work once the lease has ended."""
+
+    def test_cursor_factory_rows_and_extra_api_are_forwarded_and_die_with_the_lease(self):
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        cursor = handle.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+        cursor.execute("SELECT 1 AS one, 'x' AS letter")
+        self.assertEqual(cursor.fetchone(), {"one": 1, "letter": "x"})
+        cursor.itersize = 7  # a writable psycopg2 attribute reaches the real cursor
+        self.assertEqual(cursor.itersize, 7)
+        self.assertEqual(cursor.rowcount, 1)
+        handle.close()
+        with self.assertRaises(ConnectionReturned):
+            cursor.execute("SELECT 1")
+        with self.assertRaises(ConnectionReturned):
+            cursor.rowcount  # noqa: B018
+
+    def test_connection_factory_methods_and_attributes_are_forwarded(self):
+        class TaggedConnection(psycopg2.extensions.connection):
+            label = "tagged"
+
+            def whoami(self):
+                with self.cursor() as cursor:
+                    cursor.execute("SELECT current_user")
+                    return cursor.fetchone()[0]
+
+        params = {**server_params(), "connection_factory": TaggedConnection}
+        pool = ConnectionPool(params, name="test:factory", max_size=1)
+        self.addCleanup(pool.close)
+        handle = pool.checkout()
+        self.assertEqual(handle.label, "tagged")
+        self.assertEqual(handle.whoami(), query(handle, "SELECT current_user")[0][0])
+        whoami = handle.whoami
+        handle.close()
+        with self.assertRaises(ConnectionReturned):
+            whoami()
+        with self.assertRaises(ConnectionReturned):
+            handle.label  # noqa: B018
+
+    def test_unknown_attributes_are_refused_as_psycopg2_refuses_them(self):
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        self.addCleanup(handle.close)
+        with self.assertRaises(AttributeError):
+            handle.no_such_attribute = 1
+        with self.assertRaises(AttributeError):
+            handle.cursor().no_such_attribute = 1
+        raw = psycopg2.connect(**server_params())
+        self.addCleanup(raw.close)
+        with self.assertRaises(AttributeError):
+            raw.no_such_attribute = 1

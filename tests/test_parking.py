@@ -140,6 +140,30 @@ class ParkingTests(PooledAliasTestCase):
         self.assertNotIn(child_pid, (0, parent_pid))
         self.assertEqual(self.request(backend_pid), parent_pid, "the parent resumes its own")
 
+    def test_child_forked_without_pythons_fork_hooks_never_resumes_the_parents_connection(self):
+        # uWSGI forks its workers with fork(2) and, by default, runs none of Python's
+        # at-fork hooks: only the pool's own pid check stands between the child and the
+        # parent's parked session.
+        import ctypes
+
+        parent_pid = self.request(backend_pid)
+        libc_fork = ctypes.CDLL(None, use_errno=True).fork
+        read_end, write_end = os.pipe()
+        child = libc_fork()
+        if child == 0:  # pragma: no cover - the child
+            try:
+                os.close(read_end)
+                request_started.send(sender=None)
+                os.write(write_end, str(backend_pid()).encode())  # no retry: must just work
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        child_pid = int(os.read(read_end, 64) or 0)
+        os.close(read_end)
+        os.waitpid(child, 0)
+        self.assertNotIn(child_pid, (0, parent_pid))
+        self.assertEqual(self.request(backend_pid), parent_pid, "the parent resumes its own")
+
 
 class ParkingEdgeTests(PooledAliasTestCase):
     pool_options = {"max_size": 2}

@@ -167,6 +167,33 @@ class SessionResetTests(PoolTestCase):
         handle.rollback()
         handle.close()
 
+    def test_characteristics_changed_before_a_park_are_restored_for_the_next_holder(self):
+        # park() skips the comparison with the baseline unless the holder changed one:
+        # each way of changing one must still be caught.
+        changes = {
+            "isolation_level attribute": lambda h: setattr(h, "isolation_level", "SERIALIZABLE"),
+            "readonly attribute": lambda h: setattr(h, "readonly", True),
+            "set_session()": lambda h: h.set_session(deferrable=True, readonly=True),
+            "set_isolation_level()": lambda h: h.set_isolation_level(4),
+        }
+        pool = self.make_pool(max_size=1)
+        for name, change in changes.items():
+            with self.subTest(name):
+                handle = pool.checkout()
+                change(handle)
+                handle.park()
+                other = pool.checkout()  # max_size=1: the same physical connection
+                self.assertTrue(other.autocommit)
+                self.assertIsNone(other.isolation_level)
+                self.assertIsNone(other.readonly)
+                self.assertIsNone(other.deferrable)
+                other.autocommit = False
+                self.assertEqual(query(other, "SHOW transaction_read_only"), [("off",)])
+                self.assertEqual(query(other, "SHOW transaction_isolation"), [("read committed",)])
+                other.rollback()
+                other.close()
+                handle.close()
+
     def test_user_prepared_statements_are_deallocated(self):
         self.lease_twice(
             ["PREPARE mine AS SELECT 1"], "SELECT count(*) FROM pg_prepared_statements"

@@ -38,12 +38,15 @@ class _StopAt:
 
     def __init__(self) -> None:
         self.ids: set[int] = set()
+        #: their names (strings cache their hash): most frames fail this cheaper test
+        self.names: set[str] = set()
         self._codes: list[CodeType] = []  # keeps the ids valid
 
     def add(self, code: CodeType) -> None:
         if id(code) not in self.ids:
             self._codes.append(code)
             self.ids.add(id(code))
+            self.names.add(code.co_name)
 
     def update(self, codes: Iterable[CodeType]) -> None:
         for code in codes:
@@ -62,15 +65,17 @@ def capture(skip: int = 1, limit: int = 64) -> Stack:
     frame: FrameType | None = sys._getframe(skip)
     frames: list[tuple[CodeType, int]] = []
     append = frames.append
-    stop = STOP_AT.ids
-    for _ in range(limit):
-        code = frame.f_code  # type: ignore[union-attr]
-        append((code, frame.f_lasti))  # type: ignore[union-attr]
-        if id(code) in stop:
+    stop_names, stop_ids = STOP_AT.names, STOP_AT.ids
+    taken = 0
+    while frame is not None:
+        code = frame.f_code
+        append((code, frame.f_lasti))
+        if code.co_name in stop_names and id(code) in stop_ids:
             break
-        frame = frame.f_back  # type: ignore[union-attr]
-        if frame is None:
+        taken += 1
+        if taken == limit:
             break
+        frame = frame.f_back
     return tuple(frames)
 
 
