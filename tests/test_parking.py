@@ -117,20 +117,17 @@ class ParkingTests(PooledAliasTestCase):
         self.assertIsNot(connection.database.pool, first_pool)
         self.assertEqual(connection.database.pool.config.max_size, 3)
 
-    def test_forked_child_cannot_resume_the_parents_parked_connection(self):
+    def assert_forked_child_leases_its_own_connection(self, fork, child_request):
+        """Park a connection, fork with ``fork``, run ``child_request`` (returns a backend
+        pid) in the child: it must be a new session, and the parent must resume its own."""
         parent_pid = self.request(backend_pid)
         read_end, write_end = os.pipe()
-        child = os.fork()
+        child = fork()
         if child == 0:  # pragma: no cover - the child
             try:
                 os.close(read_end)
                 request_started.send(sender=None)
-                try:
-                    pid = backend_pid()
-                except Exception:
-                    connection.close()
-                    pid = backend_pid()
-                os.write(write_end, str(pid).encode())
+                os.write(write_end, str(child_request()).encode())
             finally:
                 os._exit(0)
         os.close(write_end)
@@ -139,30 +136,25 @@ class ParkingTests(PooledAliasTestCase):
         os.waitpid(child, 0)
         self.assertNotIn(child_pid, (0, parent_pid))
         self.assertEqual(self.request(backend_pid), parent_pid, "the parent resumes its own")
+
+    def test_forked_child_cannot_resume_the_parents_parked_connection(self):
+        def child_request():
+            try:
+                return backend_pid()
+            except Exception:
+                connection.close()
+                return backend_pid()
+
+        self.assert_forked_child_leases_its_own_connection(os.fork, child_request)
 
     def test_child_forked_without_pythons_fork_hooks_never_resumes_the_parents_connection(self):
         # uWSGI forks its workers with fork(2) and, by default, runs none of Python's
         # at-fork hooks: only the pool's own pid check stands between the child and the
-        # parent's parked session.
+        # parent's parked session. No retry in the child: its first query must just work.
         import ctypes
 
-        parent_pid = self.request(backend_pid)
         libc_fork = ctypes.CDLL(None, use_errno=True).fork
-        read_end, write_end = os.pipe()
-        child = libc_fork()
-        if child == 0:  # pragma: no cover - the child
-            try:
-                os.close(read_end)
-                request_started.send(sender=None)
-                os.write(write_end, str(backend_pid()).encode())  # no retry: must just work
-            finally:
-                os._exit(0)
-        os.close(write_end)
-        child_pid = int(os.read(read_end, 64) or 0)
-        os.close(read_end)
-        os.waitpid(child, 0)
-        self.assertNotIn(child_pid, (0, parent_pid))
-        self.assertEqual(self.request(backend_pid), parent_pid, "the parent resumes its own")
+        self.assert_forked_child_leases_its_own_connection(libc_fork, backend_pid)
 
 
 class ParkingEdgeTests(PooledAliasTestCase):

@@ -158,14 +158,21 @@ class SessionResetTests(PoolTestCase):
         handle.set_session(isolation_level="SERIALIZABLE", readonly=True, autocommit=False)
         handle.close()
         handle = pool.checkout()
+        self.assert_baseline_characteristics(handle)
+        handle.close()
+
+    def assert_baseline_characteristics(self, handle):
+        """psycopg2's session characteristics as a new connection has them, also on the
+        server (a transaction opened to look)."""
         self.assertTrue(handle.autocommit)
         self.assertIsNone(handle.isolation_level)
         self.assertIsNone(handle.readonly)
+        self.assertIsNone(handle.deferrable)
         handle.autocommit = False
         self.assertEqual(query(handle, "SHOW transaction_isolation"), [("read committed",)])
         self.assertEqual(query(handle, "SHOW transaction_read_only"), [("off",)])
+        self.assertEqual(query(handle, "SHOW transaction_deferrable"), [("off",)])
         handle.rollback()
-        handle.close()
 
     def test_characteristics_changed_before_a_park_are_restored_for_the_next_holder(self):
         # park() skips the comparison with the baseline unless the holder changed one:
@@ -183,14 +190,7 @@ class SessionResetTests(PoolTestCase):
                 change(handle)
                 handle.park()
                 other = pool.checkout()  # max_size=1: the same physical connection
-                self.assertTrue(other.autocommit)
-                self.assertIsNone(other.isolation_level)
-                self.assertIsNone(other.readonly)
-                self.assertIsNone(other.deferrable)
-                other.autocommit = False
-                self.assertEqual(query(other, "SHOW transaction_read_only"), [("off",)])
-                self.assertEqual(query(other, "SHOW transaction_isolation"), [("read committed",)])
-                other.rollback()
+                self.assert_baseline_characteristics(other)
                 other.close()
                 handle.close()
 
