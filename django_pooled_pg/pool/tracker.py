@@ -49,7 +49,8 @@ class Tracker:
     # -- on the query path (keep it short) ----------------------------------------------
 
     def cursor_taken(self, record: ConnectionRecord) -> None:
-        if self.stacks and _in_transaction(record.conn):
+        """A cursor was taken (the handle calls this at the "stacks" level only)."""
+        if _in_transaction(record.conn):
             record.cursor_stack = capture(3, _QUERY_STACK_FRAMES)
 
     def run(
