@@ -137,6 +137,7 @@ class ConnectionPool:
             self._forget_after_fork()  # (this also ends the handle's right to resume)
         record = handle._record
         now = time.monotonic()
+        holder = current_thread()
         ping_after = self.config.ping_after
         lock = self._lock
         lock.acquire()  # (cheaper than "with": no bound __enter__/__exit__ to make)
@@ -162,6 +163,9 @@ class ConnectionPool:
                 and (ping_after is None or now - record.idle_since < ping_after)
             )
             if sound:
+                # Lease fields first: the cleaner reads leased records under this lock,
+                # and an old leased_at would look like a leak.
+                record.start_lease(now, holder)
                 self._leased.add(record)
                 self._stats[stats.REQUESTS_NUM] += 1
         finally:
@@ -173,7 +177,6 @@ class ConnectionPool:
             self._lease(self._acquire(None), handle)
             return False
         handle._bind(record)
-        record.start_lease(now, current_thread())
         if self._track_stacks:
             record.lease_stack = capture(2)
         return True
