@@ -178,7 +178,9 @@ class ConnectionPool:
             return False
         handle._bind(record)
         if self._track_stacks:
-            record.lease_stack = capture(2)
+            # From the holder's call into the handle (cursor(), commit(), a forwarded
+            # method...): resume() <- handle._live() <- that method <- the holder.
+            record.lease_stack = capture(4)
         return True
 
     def _acquire(self, timeout: float | None) -> ConnectionRecord:
