@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
 import unittest
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg2
@@ -75,6 +76,36 @@ def run_in_threads(work: Callable[[int], Any], count: int, timeout: float) -> No
     stuck = sum(thread.is_alive() for thread in threads)
     if stuck:
         raise AssertionError(f"{stuck} of {count} threads still running after {timeout} s")
+
+
+@contextlib.contextmanager
+def held_in_another_thread(final_query: str | None = None) -> Iterator[dict[str, Any]]:
+    """While the block runs, another thread holds alias 'default' inside a transaction.
+
+    Yields a dict with that thread's backend ``pid``; after the block, ``rows`` holds what
+    ``final_query`` returned inside that transaction (if given).
+    """
+    entered, release, outcome = threading.Event(), threading.Event(), {}
+
+    def hold() -> None:
+        other = connections["default"]
+        other.set_autocommit(False)
+        outcome["pid"] = query(other.connection, "SELECT pg_backend_pid()")[0][0]
+        entered.set()
+        release.wait(10)
+        if final_query is not None:
+            outcome["rows"] = query(other.connection, final_query)
+        other.rollback()
+        other.close()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    entered.wait(10)
+    try:
+        yield outcome
+    finally:
+        release.set()
+        thread.join(10)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:

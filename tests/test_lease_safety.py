@@ -15,7 +15,13 @@ from django_pooled_pg.conf import configure_pool, reset_pool_config
 from django_pooled_pg.pool import ConnectionPool, ConnectionReturned
 from django_pooled_pg.pool import stats as S
 
-from .helpers import PoolTestCase, query, run_in_threads, server_params
+from .helpers import (
+    PoolTestCase,
+    held_in_another_thread,
+    query,
+    run_in_threads,
+    server_params,
+)
 
 
 class PooledAliasTestCase(SimpleTestCase):
@@ -82,30 +88,14 @@ class NoUseAfterReturnTests(PooledAliasTestCase):
         connection.close()
 
         # Another thread now holds the only connection, inside a transaction.
-        entered, release, outcome = threading.Event(), threading.Event(), {}
-
-        def other_request():
-            other = connections["default"]
-            other.set_autocommit(False)
-            outcome["pid"] = query(other.connection, "SELECT pg_backend_pid()")[0][0]
-            entered.set()
-            release.wait(10)
-            outcome["rows"] = query(other.connection, "SELECT count(*) FROM stale_probe")
-            other.rollback()
-            other.close()
-
-        thread = threading.Thread(target=other_request)
-        thread.start()
-        entered.wait(10)
-        self.assertEqual(outcome["pid"], first_pid, "the other thread got the same backend")
-        with self.assertRaisesMessage(InterfaceError, "lease has ended"):
-            stale_cursor.execute("INSERT INTO stale_probe VALUES (1)")
-        with self.assertRaises(Exception) as caught:
-            stale_handle.cursor()
-        self.assertIn("lease has ended", str(caught.exception))
-        release.set()
-        thread.join(10)
-        self.assertEqual(outcome["rows"], [(0,)], "nothing ran in the other holder's transaction")
+        with held_in_another_thread("SELECT count(*) FROM stale_probe") as other:
+            self.assertEqual(other["pid"], first_pid, "the other thread got the same backend")
+            with self.assertRaisesMessage(InterfaceError, "lease has ended"):
+                stale_cursor.execute("INSERT INTO stale_probe VALUES (1)")
+            with self.assertRaises(Exception) as caught:
+                stale_handle.cursor()
+            self.assertIn("lease has ended", str(caught.exception))
+        self.assertEqual(other["rows"], [(0,)], "nothing ran in the other holder's transaction")
 
     def test_django_connection_object_is_a_handle_not_the_raw_connection(self):
         connection.ensure_connection()

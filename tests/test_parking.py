@@ -2,16 +2,15 @@
 handle that takes it back cheaply; every contract point still holds."""
 
 import os
-import threading
 
 from django.core.signals import request_finished, request_started
-from django.db import InterfaceError, connection, connections
+from django.db import InterfaceError, connection
 from django.db.backends.signals import connection_created
 
 from django_pooled_pg.conf import configure_pool
 from django_pooled_pg.pool import stats as S
 
-from .helpers import query
+from .helpers import held_in_another_thread, query
 from .test_lease_safety import PooledAliasTestCase
 
 
@@ -49,28 +48,13 @@ class ParkingTests(PooledAliasTestCase):
 
     def test_parked_connection_is_free_for_other_threads_and_never_shared(self):
         mine = self.request(backend_pid)
-        taken, release, seen = threading.Event(), threading.Event(), {}
-
-        def other_thread():
-            other = connections["default"]
-            other.set_autocommit(False)  # holds it inside a transaction
-            seen["pid"] = query(other.connection, "SELECT pg_backend_pid()")[0][0]
-            taken.set()
-            release.wait(10)
-            other.rollback()
-            other.close()
-
-        thread = threading.Thread(target=other_thread)
-        thread.start()
-        taken.wait(10)
-        self.assertEqual(seen["pid"], mine, "the other thread got the parked connection")
-        now = self.request(backend_pid)  # must get another connection, not share
-        self.assertNotEqual(now, mine)
-        # Announced: this thread's first connect, the other thread's, and the resume here
-        # on another physical connection.
-        self.assertEqual(len(self.created), 3, "a new physical connection is announced")
-        release.set()
-        thread.join(10)
+        with held_in_another_thread() as other:
+            self.assertEqual(other["pid"], mine, "the other thread got the parked connection")
+            now = self.request(backend_pid)  # must get another connection, not share
+            self.assertNotEqual(now, mine)
+            # Announced: this thread's first connect, the other thread's, and the resume
+            # here on another physical connection.
+            self.assertEqual(len(self.created), 3, "a new physical connection is announced")
 
     def test_cursor_from_an_earlier_request_raises_even_on_the_same_connection(self):
         def keep_cursor():
