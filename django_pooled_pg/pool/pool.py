@@ -138,7 +138,6 @@ class ConnectionPool:
         record = handle._record
         now = time.monotonic()
         holder = current_thread()
-        ping_after = self.config.ping_after
         lock = self._lock
         lock.acquire()  # (cheaper than "with": no bound __enter__/__exit__ to make)
         try:
@@ -153,15 +152,7 @@ class ConnectionPool:
                         idle.remove(record)
                     except ValueError:
                         mine = False
-            # The checks of _usable() that need no round trip (the poll is free).
-            sound = (
-                mine
-                and now < record.expires_at
-                and not record.conn.closed
-                and not record.poller.poll(0)
-                and record.idle_since >= self._suspect_before
-                and (ping_after is None or now - record.idle_since < ping_after)
-            )
+            sound = mine and self._sound(record, now)
             if sound:
                 # Lease fields first: the cleaner reads leased records under this lock,
                 # and an old leased_at would look like a leak.
@@ -271,25 +262,30 @@ class ConnectionPool:
                 lines.append("  (stacks are not tracked: set tracking='stacks')")
         return "\n".join(lines)
 
+    def _sound(self, record: ConnectionRecord, now: float) -> bool:
+        """The checks of an idle connection that need no round trip: unexpired, open, no
+        word from the server while idle (the poll is free: a registered poll object), not
+        suspect, not idle past ping_after. False means: look closer (_usable())."""
+        ping_after = self.config.ping_after
+        return (
+            now < record.expires_at
+            and not record.conn.closed
+            and not record.poller.poll(0)
+            and record.idle_since >= self._suspect_before
+            and (ping_after is None or now - record.idle_since < ping_after)
+        )
+
     def _usable(self, record: ConnectionRecord) -> bool:
         """Check an idle connection before handing it out; close it if it is not usable."""
         now = time.monotonic()
+        if self._sound(record, now):
+            return True
         if now >= record.expires_at:
             self._discard(record, stats.CONNECTIONS_EXPIRED)
             return False
-        conn = record.conn
-        alive = not conn.closed
-        if alive:
-            # A socket with something to read while idle means the server spoke: most
-            # often the FATAL of pg_terminate_backend or a shutdown. Free to check.
-            readable = record.poller.poll(0)
-            ping_after = self.config.ping_after
-            if (
-                readable
-                or record.idle_since < self._suspect_before
-                or (ping_after is not None and now - record.idle_since >= ping_after)
-            ):
-                alive = self._ping(record)
+        # Not sound otherwise: closed, or worth a ping. Something to read on an idle
+        # socket is most often the FATAL of pg_terminate_backend or a shutdown.
+        alive = not record.conn.closed and self._ping(record)
         if not alive:
             with self._lock:
                 # Connections idle since before this instant may be dead too: ping them.
@@ -403,6 +399,7 @@ class ConnectionPool:
         # session as it found it, skip _return()'s general checks.
         # (No pid check here: whatever a forked child parks, its next resume() or
         # checkout forgets, before anything is sent. Notifies need a LISTEN: dirty.)
+        now = time.monotonic()
         if (
             record.dirty
             or record.characteristics_changed
@@ -410,36 +407,12 @@ class ConnectionPool:
             or conn.closed
             or conn.get_transaction_status() != _STATUS_IDLE
             or conn.notices
+            or now >= record.expires_at
             or (self.config.max_uses and record.uses >= self.config.max_uses)
         ):
             self._return(record, park_for=handle)
-            return
-        now = time.monotonic()
-        if now >= record.expires_at:
-            self._return(record, park_for=handle)
-            return
-        record.holder = None
-        record.lease_stack = record.cursor_stack = record.execute_stack = ()
-        lock = self._lock
-        lock.acquire()
-        try:
-            self._leased.discard(record)
-            record.idle_since = now
-            if self._closed:
-                pass
-            elif self._waiters:
-                self._hand_to_waiter(record)
-                record = None  # type: ignore[assignment]
-            else:
-                record.parked_for = handle
-                self._idle.append(record)
-                record = None  # type: ignore[assignment]
-        finally:
-            lock.release()
-        if record is not None:  # closed while parking
-            self._discard(record, stats.CONNECTIONS_CLOSED)
-        if self._inline_cleaner and now >= self._next_maintenance:
-            self.run_maintenance()
+        else:
+            self._put_back(record, now, handle)
 
     def _return(self, record: ConnectionRecord, park_for: ConnectionHandle | None = None) -> None:
         if self._pid != os.getpid():
@@ -455,26 +428,39 @@ class ConnectionPool:
             reason = stats.CONNECTIONS_CLOSED
         else:
             reason = self._reset(record)
-        record.holder = None
-        record.lease_stack = record.cursor_stack = record.execute_stack = ()
         if reason is not None:
+            record.holder = None
+            record.lease_stack = record.cursor_stack = record.execute_stack = ()
             with self._lock:
                 self._leased.discard(record)
             self._discard(record, reason)
+            if self._inline_cleaner and now >= self._next_maintenance:
+                self.run_maintenance()
         else:
-            with self._lock:
-                self._leased.discard(record)
-                record.idle_since = now
-                closed = self._closed
-                if closed:
-                    pass
-                elif self._waiters:
-                    self._hand_to_waiter(record)
-                else:
-                    record.parked_for = park_for
-                    self._idle.append(record)
-            if closed:  # closed while this connection was being reset
-                self._discard(record, stats.CONNECTIONS_CLOSED)
+            self._put_back(record, now, park_for)
+
+    def _put_back(self, record: ConnectionRecord, now: float, park_for: Any) -> None:
+        """End the lease of a clean connection: to the oldest waiter, or idle (kept for
+        ``park_for`` to resume, if given); closed if the pool closed meanwhile."""
+        record.holder = None
+        record.lease_stack = record.cursor_stack = record.execute_stack = ()
+        lock = self._lock
+        lock.acquire()  # (every request ends here: cheaper than "with")
+        try:
+            self._leased.discard(record)
+            record.idle_since = now
+            closed = self._closed
+            if closed:
+                pass
+            elif self._waiters:
+                self._hand_to_waiter(record)
+            else:
+                record.parked_for = park_for
+                self._idle.append(record)
+        finally:
+            lock.release()
+        if closed:  # closed while this connection was being reset or parked
+            self._discard(record, stats.CONNECTIONS_CLOSED)
         if self._inline_cleaner and now >= self._next_maintenance:
             self.run_maintenance()
 
