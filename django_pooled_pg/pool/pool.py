@@ -449,14 +449,7 @@ class ConnectionPool:
         try:
             self._leased.discard(record)
             record.idle_since = now
-            closed = self._closed
-            if closed:
-                pass
-            elif self._waiters:
-                self._hand_to_waiter(record)
-            else:
-                record.parked_for = park_for
-                self._idle.append(record)
+            closed = self._offer(record, park_for)
         finally:
             lock.release()
         if closed:  # closed while this connection was being reset or parked
@@ -531,6 +524,18 @@ class ConnectionPool:
             )
             return stats.CONNECTIONS_LOST if conn.closed else stats.CONNECTIONS_CLOSED
         return None
+
+    def _offer(self, record: ConnectionRecord, park_for: Any) -> bool:
+        """Give a free connection to the oldest waiter, or keep it idle (resumable by
+        ``park_for``, if given). Lock held. True: the pool is closed, the caller closes it."""
+        if self._closed:
+            return True
+        if self._waiters:
+            self._hand_to_waiter(record)
+        else:
+            record.parked_for = park_for
+            self._idle.append(record)
+        return False
 
     def _hand_to_waiter(self, grant: ConnectionRecord | _OpenNew) -> None:
         """Give a returned connection (or a free slot) to the oldest waiter. Lock held."""
@@ -645,13 +650,7 @@ class ConnectionPool:
                 logger.warning("Pool %r: could not refill to min_size: %s", self.name, error)
                 return
             with self._lock:
-                closed = self._closed
-                if closed:
-                    pass
-                elif self._waiters:
-                    self._hand_to_waiter(record)
-                else:
-                    self._idle.append(record)
+                closed = self._offer(record, None)
             if closed:  # closed while this connection was being opened
                 self._discard(record, stats.CONNECTIONS_CLOSED)
                 return
