@@ -103,7 +103,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 self.settings_dict = settings_dict
         # Sessions say which host, process and alias they serve (pg_stat_activity, and the
         # status app's join); OPTIONS["application_name"] wins. It holds the pid: a forked
-        # child gets its own (a fork bumps conf.generation(), so it is worked out anew).
+        # child gets its own (a fork bumps conf.generation, so it is worked out anew).
         params.setdefault("application_name", identity.application_name(self.alias))
         return params
 
@@ -145,10 +145,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         wrapper under a fingerprint of everything it depends on. The fingerprint is taken
         at each lease because Django's test runner renames the database in place.
         """
-        fingerprint = self._settings_fingerprint()
         cached = self._cached_lease_target
-        if cached is not None and cached[0] == fingerprint and not cached[2].closed:
-            return cached[1], cached[2]
+        if self._lease_target_is_current():
+            return cached[1], cached[2]  # type: ignore[index]
+        fingerprint = self._settings_fingerprint()
         self._cached_lease_target = None
         settings = self.settings_dict
         config = self.pool_config
@@ -177,8 +177,17 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         settings = self.settings_dict
         return (
             settings["NAME"], settings["USER"], settings["PASSWORD"], settings["HOST"],
-            settings["PORT"], settings["OPTIONS"], self.timezone_name, conf.generation(),
+            settings["PORT"], settings["OPTIONS"], self.timezone_name, conf.generation,
         )  # fmt: skip
+
+    def _lease_target_is_current(self) -> bool:
+        """Whether the cached lease target still holds: same settings, its pool open."""
+        cached = self._cached_lease_target
+        return (
+            cached is not None
+            and not cached[2].closed
+            and cached[0] == self._settings_fingerprint()
+        )
 
     def get_pool(
         self, conn_params: dict[str, Any] | None = None, config: PoolConfig | None = None
@@ -222,20 +231,20 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         handle = self.connection
         if isinstance(handle, ConnectionHandle) and self.settings_dict["CONN_MAX_AGE"] == 0:
             if handle.parked:
-                target = self._cached_lease_target
-                if target is None or target[2].closed or target[0] != self._settings_fingerprint():
+                if not self._lease_target_is_current():
                     self.close()  # settings changed or the pool closed: lease anew
                 return
             if (
-                handle.can_park  # else connection_created's set-up must run again
-                and self.autocommit
+                self.autocommit
                 and self.settings_dict["AUTOCOMMIT"]
                 and not self.in_atomic_block
                 and not self.errors_occurred
                 and not self.needs_rollback
+                # A lease that changed the session is not parked: after its reset,
+                # connection_created's set-up must run again (Django's close() below).
+                and handle.park_if_unchanged()
             ):
                 self.run_on_commit = []
-                handle.park()
                 return
         super().close_if_unusable_or_obsolete()
 

@@ -18,11 +18,8 @@ _parsed: dict[tuple[str, str], PoolConfig | None] = {}
 #: Bumped whenever something a lease's target depends on changes (configure_pool(),
 #: reset_pool_config(), a new prepare target, a new host name), so that wrappers drop the
 #: pool they cached for their leases.
-_generation = 0
-
-
-def generation() -> int:
-    return _generation
+#: (A module attribute, not a function: every request's start reads it.)
+generation = 0
 
 
 def _after_fork_in_child() -> None:
@@ -67,8 +64,8 @@ def _parse_pool_config(alias: str, settings_dict: dict[str, Any]) -> PoolConfig 
 def invalidate_lease_targets() -> None:
     """Make every wrapper work out its lease target (pool, parameters) again at its next
     lease: part of its settings fingerprint changed."""
-    global _generation
-    _generation += 1
+    global generation
+    generation += 1
 
 
 def _changed() -> None:

@@ -600,6 +600,9 @@ class FailureTests(SimpleTestCase):
     def setUpClass(cls):
         super().setUpClass()
         cls.admin = admin_connection()
+        # (Class cleanups run last-registered first: this one after the DROP. Left open,
+        # this session to the test database would block the test runner's DROP DATABASE.)
+        cls.addClassCleanup(cls.admin.close)
         query(cls.admin, "DROP DATABASE IF EXISTS dpp_no_status")
         query(cls.admin, "CREATE DATABASE dpp_no_status")
         cls.addClassCleanup(query, cls.admin, "DROP DATABASE IF EXISTS dpp_no_status WITH (FORCE)")

@@ -269,7 +269,21 @@ class QueryStatisticsTests(PoolTestCase):
         stats = pool.get_stats()
         self.assertLessEqual(stats[S.QUERIES_SHAPES], 50)
         self.assertGreater(stats[S.QUERIES_EVICTED], 0)
-        self.assertEqual(pool.top_queries(1)[0]["sql"], "SELECT ? AS hot")
+        hot = pool.top_queries(1)[0]
+        self.assertEqual(hot["sql"], "SELECT ? AS hot")
+        self.assertEqual(hot["count"], 300)  # not one lost across the evictions
+
+    def test_a_statement_evicted_then_seen_again_counts_afresh(self):
+        stats = QueryStats(max_statements=10)
+        stats.add("SELECT 'once'", 0.001, 1)
+        for i in range(10):  # twice each: 'once' is the rarest when room runs out
+            stats.add(f"SELECT {i} AS c{i}", 0.001, 1)
+            stats.add(f"SELECT {i} AS c{i}", 0.001, 1)
+        self.assertGreater(stats.evictions, 0)
+        self.assertNotIn("SELECT ?", [row["sql"] for row in stats.top(20)])
+        stats.add("SELECT 'once'", 0.001, 1)  # the same text as before its eviction
+        counts = {row["sql"]: row["count"] for row in stats.top(20)}
+        self.assertEqual(counts.get("SELECT ?"), 1)
 
     def test_django_queries_are_counted_per_shape(self):
         connection.close()

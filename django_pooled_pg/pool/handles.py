@@ -121,6 +121,13 @@ class ConnectionHandle:
         and the pool does not reset every session on return."""
         return not self._record.dirty and self._pool.config.reset != "always"
 
+    def park_if_unchanged(self) -> bool:
+        """park() if can_park, in one call (the end of every request); True if parked."""
+        if self._conn is None or self._record.dirty or self._pool.config.reset == "always":
+            return False
+        self._pool.park(self)
+        return True
+
     @property
     def record(self) -> ConnectionRecord:
         """The pool's record of the physical connection behind this lease."""
@@ -266,11 +273,15 @@ class PooledCursor:
             or _verdicts.get(query) is not False
             or self._shown is not None
             or record.release_pending
-            or self._tracker is not None
         ):
             self._run(cursor.execute, query, vars)
-        else:  # the common case, spelled out: a known statement that changes no session state
+            return
+        # The common case, spelled out: a known statement that changes no session state.
+        tracker = self._tracker
+        if tracker is None:
             cursor.execute(query, vars)
+        else:
+            tracker.run(record, cursor.execute, query, vars, cursor)
 
     def executemany(self, query: Any, vars_list: Any) -> None:
         self._run(self._live().executemany, query, vars_list)
@@ -338,6 +349,17 @@ class PooledCursor:
     @property
     def connection(self) -> ConnectionHandle:
         return self._handle
+
+    @property
+    def tzinfo_factory(self) -> Any:
+        return self._live().tzinfo_factory
+
+    @tzinfo_factory.setter
+    def tzinfo_factory(self, value: Any) -> None:
+        # Django sets it on every cursor it creates: spelled out, not forwarded.
+        if self._lease != self._handle._lease:
+            raise ConnectionReturned(_RETURNED)
+        self._cursor.tzinfo_factory = value
 
     @property
     def query(self) -> bytes | None:

@@ -36,44 +36,64 @@ class QueryStats:
         self._lock = threading.Lock()
         # shape -> [count, total seconds, max seconds, rows]
         self._entries: dict[str, list[Any]] = {}
-        # raw SQL -> shape: Django sends the same strings again and again
-        self._shapes: dict[str, str] = {}
+        # raw SQL -> its shape's entry: Django sends the same strings again and again, and
+        # one lookup of the string is all a repeated statement costs. Cleared with every
+        # eviction, so it never points at an evicted entry.
+        self._by_sql: dict[Any, list[Any]] = {}
+        # raw SQL -> shape, to spare normalize() after an eviction cleared _by_sql
+        self._shapes: dict[Any, str] = {}
         self.evictions = 0
 
     def add(self, sql: Any, seconds: float, rows: int) -> None:
-        shape = self._shapes.get(sql)  # str or bytes: both hash
-        if shape is None:
-            text = sql
-            if not isinstance(text, str):
-                text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-            shape = normalize(text)
-            if len(self._shapes) >= 4 * self.max_statements:
-                self._shapes.clear()
-            self._shapes[sql] = shape
         if rows < 0:
             rows = 0
         lock = self._lock
         lock.acquire()  # (every query comes here: cheaper than "with")
         try:
-            entry = self._entries.get(shape)
-            if entry is None:
-                if len(self._entries) >= self.max_statements:
-                    self._evict()
-                self._entries[shape] = [1, seconds, seconds, rows]
-            else:
+            entry = self._by_sql.get(sql)  # str or bytes: both hash
+            if entry is not None:
                 entry[0] += 1
                 entry[1] += seconds
                 if seconds > entry[2]:
                     entry[2] = seconds
                 entry[3] += rows
+                return
         finally:
             lock.release()
+        self._add_new(sql, seconds, rows)
+
+    def _add_new(self, sql: Any, seconds: float, rows: int) -> None:
+        """add() for SQL text not seen since the last eviction."""
+        shape = self._shapes.get(sql)
+        if shape is None:
+            text = sql
+            if not isinstance(text, str):
+                text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+            shape = normalize(text)  # (outside the lock: regexes over the statement)
+        with self._lock:
+            if len(self._shapes) >= 4 * self.max_statements:
+                self._shapes.clear()
+            self._shapes[sql] = shape
+            entry = self._entries.get(shape)
+            if entry is None:
+                if len(self._entries) >= self.max_statements:
+                    self._evict()
+                self._entries[shape] = entry = [0, 0.0, seconds, 0]
+            entry[0] += 1
+            entry[1] += seconds
+            if seconds > entry[2]:
+                entry[2] = seconds
+            entry[3] += rows
+            if len(self._by_sql) >= 4 * self.max_statements:
+                self._by_sql.clear()
+            self._by_sql[sql] = entry
 
     def _evict(self) -> None:
         rarest = sorted(self._entries.items(), key=lambda item: item[1][0])
         drop = max(1, len(rarest) // 10)
         for shape, _ in rarest[:drop]:
             del self._entries[shape]
+        self._by_sql.clear()  # it may point at an evicted entry
         self.evictions += drop
 
     def top(self, n: int = 10, order_by: str = "count") -> list[dict[str, Any]]:
@@ -111,4 +131,5 @@ class QueryStats:
     def reset(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._by_sql.clear()
             self.evictions = 0
