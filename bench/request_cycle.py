@@ -11,9 +11,12 @@ and times the request cycle ``request_started`` -> ``connections["default"].curs
 ``SELECT 1`` + ``fetchone()`` -> ``request_finished``, in interleaved rounds (A B C D A B ...):
 
 1. one thread: unpooled (postgresql, CONN_MAX_AGE=0), persistent (CONN_MAX_AGE=None),
-   pooled (django_pooled_pg defaults, reset='auto') and pooled_always (reset='always').
-   Median requests/s per contender; pooled/persistent and pooled/unpooled.
-2. N threads (32): persistent (a session per thread) vs pooled with max_size=8; requests/s
+   pooled (django_pooled_pg defaults, reset='auto'), pooled_off (the same with
+   tracking='off': the pool's own cost, tracking having its own budget in workload 3) and
+   pooled_always (reset='always'). Median requests/s per contender; pooled/persistent and
+   pooled/unpooled.
+2. N threads (32): persistent (a session per thread) vs pooled with max_size=8 (defaults,
+   and tracking='off'); requests/s
    and the most server sessions each used, sampled from pg_stat_activity by
    application_name on a separate psycopg2 connection.
 3. Tracking (one thread, pooled, reset='auto'): tracking='off' vs 'counters' vs 'stacks'
@@ -71,8 +74,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(1, os.path.join(ROOT, "testproject"))  # the shop app (workload 3's models)
 
 APP_PREFIX = "bench_rc_"
-SINGLE = ["unpooled", "persistent", "pooled", "pooled_always"]
-THREADED = ["t_persistent", "t_pooled8"]
+SINGLE = ["unpooled", "persistent", "pooled", "pooled_off", "pooled_always"]
+THREADED = ["t_persistent", "t_pooled8", "t_pooled8_off"]
 POOLED_MAX = 8
 TARGETS = {
     "pooled/persistent": 0.9,
@@ -121,12 +124,19 @@ def configure_django(url: str) -> None:
         "unpooled": database_entry(url, pg, "unpooled", CONN_MAX_AGE=0),
         "persistent": database_entry(url, pg, "persistent", CONN_MAX_AGE=None),
         "pooled": database_entry(url, pooled, "pooled", OPTIONS={"pool": {}}),
+        "pooled_off": database_entry(
+            url, pooled, "pooled_off", OPTIONS={"pool": {"tracking": "off"}}
+        ),
         "pooled_always": database_entry(
             url, pooled, "pooled_always", OPTIONS={"pool": {"reset": "always"}}
         ),
         "t_persistent": database_entry(url, pg, "t_persistent", CONN_MAX_AGE=None),
         "t_pooled8": database_entry(
             url, pooled, "t_pooled8", OPTIONS={"pool": {"max_size": POOLED_MAX, "timeout": 120}}
+        ),
+        "t_pooled8_off": database_entry(
+            url, pooled, "t_pooled8_off",
+            OPTIONS={"pool": {"max_size": POOLED_MAX, "timeout": 120, "tracking": "off"}},
         ),
         **{
             f"track_{level}": database_entry(
@@ -700,9 +710,12 @@ def run(args: argparse.Namespace, url: str) -> int:
                 flush=True,
             )
         median = {alias: statistics.median(values) for alias, values in single.items()}
-        pool_stats = {name: POOLS[name].get_stats() for name in ("pooled", "pooled_always")}
+        pool_stats = {
+            name: POOLS[name].get_stats() for name in ("pooled", "pooled_off", "pooled_always")
+        }
         ratios.update({
             "pooled/persistent": median["pooled"] / median["persistent"],
+            "pooled tracking=off/persistent": median["pooled_off"] / median["persistent"],
             "pooled/unpooled": median["pooled"] / median["unpooled"],
             "pooled_always/persistent": median["pooled_always"] / median["persistent"],
             "pooled/pooled_always": median["pooled"] / median["pooled_always"],
@@ -711,6 +724,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         # spread shows how much of a difference is noise of the machine.
         pairs = {
             "pooled/persistent": (single["pooled"], single["persistent"]),
+            "pooled tracking=off/persistent": (single["pooled_off"], single["persistent"]),
             "pooled/unpooled": (single["pooled"], single["unpooled"]),
             "pooled_always/persistent": (single["pooled_always"], single["persistent"]),
             "pooled/pooled_always": (single["pooled"], single["pooled_always"]),
@@ -725,7 +739,11 @@ def run(args: argparse.Namespace, url: str) -> int:
             alias: 1e6 * percentile(times, BATCH_PERCENTILE) for alias, times in batch_times.items()
         }
         low_ratio = low_us["persistent"] / low_us["pooled"]
-        ratios_low = {"pooled/persistent": low_ratio}
+        low_ratio_off = low_us["persistent"] / low_us["pooled_off"]
+        ratios_low = {
+            "pooled/persistent": low_ratio,
+            "pooled tracking=off/persistent": low_ratio_off,
+        }
         results["single_thread"] = {
             alias: {
                 "median_rps": median[alias],
@@ -766,11 +784,15 @@ def run(args: argparse.Namespace, url: str) -> int:
         t_median = {a: statistics.median(r["rps"] for r in runs) for a, runs in threaded.items()}
         t_pool_stats = POOLS["t_pooled8"].get_stats()
         sessions = {alias: sampler.maxima.get(alias, 0) for alias in THREADED}
-        ratios["threaded pooled8/persistent"] = t_median["t_pooled8"] / t_median["t_persistent"]
-        per_round["threaded pooled8/persistent"] = [
-            a["rps"] / b["rps"]
-            for a, b in zip(threaded["t_pooled8"], threaded["t_persistent"], strict=True)
-        ]
+        for pooled_alias, name in (
+            ("t_pooled8", "threaded pooled8/persistent"),
+            ("t_pooled8_off", "threaded pooled8 tracking=off/persistent"),
+        ):
+            ratios[name] = t_median[pooled_alias] / t_median["t_persistent"]
+            per_round[name] = [
+                a["rps"] / b["rps"]
+                for a, b in zip(threaded[pooled_alias], threaded["t_persistent"], strict=True)
+            ]
         results["threaded"] = {
             "threads": args.threads,
             "pooled_max_size": POOLED_MAX,
@@ -788,7 +810,9 @@ def run(args: argparse.Namespace, url: str) -> int:
 
     verdict = {name: ratios[name] >= target for name, target in TARGETS.items() if name in ratios}
     if "threads" in args.sections:
-        verdict["pooled sessions <= 8"] = 0 < sessions["t_pooled8"] <= POOLED_MAX
+        verdict["pooled sessions <= 8"] = (
+            0 < sessions["t_pooled8"] <= POOLED_MAX and 0 < sessions["t_pooled8_off"] <= POOLED_MAX
+        )
 
     # Tables of workloads 1 and 2.
     if "cycle" in args.sections:
@@ -828,7 +852,7 @@ def run(args: argparse.Namespace, url: str) -> int:
                 "" if target is None
                 else f"  >= {target:g}: {'PASS' if verdict[name] else 'MISS'}"
             )  # fmt: skip
-            print(f"  {name:<30}{value:>7.2f}x {spread:<14}{mark}")
+            print(f"  {name:<42}{value:>7.2f}x {spread:<14}{mark}")
     if "cycle" in args.sections:
         print(
             f"\nRequest cycle at the {BATCH_PERCENTILE}th percentile of {CYCLE_BATCH}-request "
@@ -838,9 +862,14 @@ def run(args: argparse.Namespace, url: str) -> int:
             f"  >= {TARGETS['pooled/persistent']:g}: "
             f"{'PASS' if low_ratio >= TARGETS['pooled/persistent'] else 'MISS'}"
         )
+        print(
+            f"  the same with tracking='off': pooled {low_us['pooled_off']:.1f} us "
+            f"(+{low_us['pooled_off'] - low_us['persistent']:.1f} us): {low_ratio_off:.2f}x"
+        )
     if "threads" in args.sections:
         print(
-            f"  {'pooled8 max server sessions':<30}{sessions['t_pooled8']:>7}  {'':<14}"
+            f"  {'pooled8 max server sessions':<42}"
+            f"{max(sessions['t_pooled8'], sessions['t_pooled8_off']):>7}  {'':<14}"
             f"  <= {POOLED_MAX}: {'PASS' if verdict['pooled sessions <= 8'] else 'FAIL'}"
         )
     results.update({
