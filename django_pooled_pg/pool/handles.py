@@ -122,8 +122,8 @@ class ConnectionHandle:
         return not self._record.dirty and self._pool.config.reset != "always"
 
     def park_if_unchanged(self) -> bool:
-        """park() if can_park, in one call (the end of every request); True if parked."""
-        if self._conn is None or self._record.dirty or self._pool.config.reset == "always":
+        """park() if can_park (the end of every request); True if parked."""
+        if self._conn is None or not self.can_park:
             return False
         self._pool.park(self)
         return True
