@@ -51,42 +51,38 @@ class QueryStats:
         lock.acquire()  # (every query comes here: cheaper than "with")
         try:
             entry = self._by_sql.get(sql)  # str or bytes: both hash
-            if entry is not None:
-                entry[0] += 1
-                entry[1] += seconds
-                if seconds > entry[2]:
-                    entry[2] = seconds
-                entry[3] += rows
-                return
-        finally:
-            lock.release()
-        self._add_new(sql, seconds, rows)
-
-    def _add_new(self, sql: Any, seconds: float, rows: int) -> None:
-        """add() for SQL text not seen since the last eviction."""
-        shape = self._shapes.get(sql)
-        if shape is None:
-            text = sql
-            if not isinstance(text, str):
-                text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
-            shape = normalize(text)  # (outside the lock: regexes over the statement)
-        with self._lock:
-            if len(self._shapes) >= 4 * self.max_statements:
-                self._shapes.clear()
-            self._shapes[sql] = shape
-            entry = self._entries.get(shape)
             if entry is None:
-                if len(self._entries) >= self.max_statements:
-                    self._evict()
-                self._entries[shape] = entry = [0, 0.0, seconds, 0]
+                entry = self._entry_for_new_text(sql)
             entry[0] += 1
             entry[1] += seconds
             if seconds > entry[2]:
                 entry[2] = seconds
             entry[3] += rows
-            if len(self._by_sql) >= 4 * self.max_statements:
-                self._by_sql.clear()
-            self._by_sql[sql] = entry
+        finally:
+            lock.release()
+
+    def _entry_for_new_text(self, sql: Any) -> list[Any]:
+        """The entry of SQL text not seen since the last eviction, made if its shape is new.
+        Lock held: normalize() runs under it, but only for such text."""
+        shape = self._shapes.get(sql)
+        if shape is None:
+            text = sql
+            if not isinstance(text, str):
+                text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
+            shape = normalize(text)
+            if len(self._shapes) >= 4 * self.max_statements:
+                self._shapes.clear()
+            self._shapes[sql] = shape
+        entry = self._entries.get(shape)
+        if entry is None:
+            if len(self._entries) >= self.max_statements:
+                self._evict()
+            # [count, total seconds, max seconds, rows]: add() counts this run
+            entry = self._entries[shape] = [0, 0.0, 0.0, 0]
+        if len(self._by_sql) >= 4 * self.max_statements:
+            self._by_sql.clear()
+        self._by_sql[sql] = entry
+        return entry
 
     def _evict(self) -> None:
         rarest = sorted(self._entries.items(), key=lambda item: item[1][0])
