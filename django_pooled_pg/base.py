@@ -17,7 +17,8 @@ from django.utils.functional import cached_property
 from . import conf, identity, registry, signals, targets  # noqa: F401 (signals: fresh pools on DATABASES change)
 from .database import PooledDatabase
 from .features import DatabaseFeatures
-from .pool import ConnectionHandle, ConnectionPool, PoolConfig, stacks
+from .pool import ConnectionHandle, ConnectionPool, PoolConfig, forks, stacks
+from .pool.forks import MARK as _FORK_MARK
 
 if postgresql.is_psycopg3:
     raise ImproperlyConfigured(
@@ -182,6 +183,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     def _lease_target_is_current(self) -> bool:
         """Whether the cached lease target still holds: same settings, its pool open."""
+        if not _FORK_MARK[0]:
+            # A child of fork(2) whose after-fork hooks have not run: they close the
+            # inherited pools and bump conf.generation, so run them before comparing.
+            forks.detected()
         cached = self._cached_lease_target
         return (
             cached is not None

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .pool import PoolConfig
+from .pool import PoolConfig, forks
 
 __all__ = ["configure_pool", "pool_config"]
 
@@ -27,7 +26,7 @@ def _after_fork_in_child() -> None:
     invalidate_lease_targets()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+forks.after_fork_in_child(_after_fork_in_child)
 
 
 def pool_config(alias: str, settings_dict: dict[str, Any]) -> PoolConfig | None:

@@ -12,6 +12,8 @@ import re
 import socket
 from typing import Any
 
+from .pool import forks
+
 __all__ = ["application_name", "host", "parse_application_name", "pid"]
 
 #: Every tag starts with this, so that the status app can tell our sessions from others.
@@ -29,7 +31,7 @@ def _after_fork_in_child() -> None:
     _pid = os.getpid()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+forks.after_fork_in_child(_after_fork_in_child)
 
 
 def pid() -> int:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .pool import ConnectionPool, PoolConfig
+from .pool import ConnectionPool, PoolConfig, forks
 
 __all__ = ["close_pools", "get_pool", "pools"]
 
@@ -61,7 +60,7 @@ def _after_fork_in_child() -> None:
         pool.close()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+forks.after_fork_in_child(_after_fork_in_child)
 
 
 def pools() -> list[ConnectionPool]:

@@ -1,6 +1,7 @@
 """Parking: at a request's end the lease goes back to the pool while the wrapper keeps a
 handle that takes it back cheaply; every contract point still holds."""
 
+import ctypes
 import os
 
 from django.core.signals import request_finished, request_started
@@ -101,17 +102,19 @@ class ParkingTests(PooledAliasTestCase):
         self.assertIsNot(connection.database.pool, first_pool)
         self.assertEqual(connection.database.pool.config.max_size, 3)
 
-    def assert_forked_child_leases_its_own_connection(self, fork, child_request):
-        """Park a connection, fork with ``fork``, run ``child_request`` (returns a backend
-        pid) in the child: it must be a new session, and the parent must resume its own."""
+    def assert_forked_child_leases_its_own_connection(self, fork, request_signal=True):
+        """Park a connection, fork with ``fork``, take a backend pid in the child (after
+        request_started, or without: a worker loop) with no retry: it must be a new
+        session, and the parent must resume its own."""
         parent_pid = self.request(backend_pid)
         read_end, write_end = os.pipe()
         child = fork()
         if child == 0:  # pragma: no cover - the child
             try:
                 os.close(read_end)
-                request_started.send(sender=None)
-                os.write(write_end, str(child_request()).encode())
+                if request_signal:
+                    request_started.send(sender=None)
+                os.write(write_end, str(backend_pid()).encode())
             finally:
                 os._exit(0)
         os.close(write_end)
@@ -121,24 +124,18 @@ class ParkingTests(PooledAliasTestCase):
         self.assertNotIn(child_pid, (0, parent_pid))
         self.assertEqual(self.request(backend_pid), parent_pid, "the parent resumes its own")
 
-    def test_forked_child_cannot_resume_the_parents_parked_connection(self):
-        def child_request():
-            try:
-                return backend_pid()
-            except Exception:
-                connection.close()
-                return backend_pid()
+    def test_forked_child_never_resumes_the_parents_parked_connection(self):
+        self.assert_forked_child_leases_its_own_connection(os.fork)
 
-        self.assert_forked_child_leases_its_own_connection(os.fork, child_request)
+    def test_forked_child_outside_a_request_leases_its_own_connection(self):
+        self.assert_forked_child_leases_its_own_connection(os.fork, request_signal=False)
 
     def test_child_forked_without_pythons_fork_hooks_never_resumes_the_parents_connection(self):
         # uWSGI forks its workers with fork(2) and, by default, runs none of Python's
-        # at-fork hooks: only the pool's own pid check stands between the child and the
-        # parent's parked session. No retry in the child: its first query must just work.
-        import ctypes
-
+        # at-fork hooks: the pool's fork check (forks.py) runs them at the first use.
         libc_fork = ctypes.CDLL(None, use_errno=True).fork
-        self.assert_forked_child_leases_its_own_connection(libc_fork, backend_pid)
+        self.assert_forked_child_leases_its_own_connection(libc_fork)
+        self.assert_forked_child_leases_its_own_connection(libc_fork, request_signal=False)
 
 
 class ParkingEdgeTests(PooledAliasTestCase):

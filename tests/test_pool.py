@@ -1,7 +1,10 @@
 """The pool engine on its own: sizing, waiting, timeouts, lifetime, idle, uses, cleaner, stats."""
 
+import ctypes
+import json
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -12,6 +15,7 @@ from django_pooled_pg.pool import (
     PoolTimeout,
     TooManyRequests,
     cleaner,
+    forks,
 )
 from django_pooled_pg.pool import stats as S
 
@@ -331,3 +335,47 @@ class RaceTests(PoolTestCase):
         finally:
             lock.release()
         self.assertEqual(status, 0)
+
+
+class ForkDetectionTests(PoolTestCase):
+    """A child forked by fork(2) from C (uWSGI) runs no Python at-fork hook by itself: the
+    pool's first use in it must run them all, once, before anything touches a connection."""
+
+    def test_the_fork_check_is_a_memory_read_on_linux(self):
+        if not sys.platform.startswith("linux"):
+            self.skipTest("MADV_WIPEONFORK is Linux's")
+        self.assertTrue(forks.wipes_on_fork())
+
+    def test_a_child_of_c_fork_runs_every_hook_once_then_leases_its_own_connection(self):
+        pool = self.make_pool(max_size=2)
+        handle = pool.checkout()
+        parent_pid = backend_pid(handle)
+        handle.park()  # a parked handle, as a Django thread leaves it between requests
+        calls = []
+        hook = lambda: calls.append(os.getpid())  # noqa: E731
+        forks.after_fork_in_child(hook)
+        self.addCleanup(forks._hooks.remove, hook)
+        read_end, write_end = os.pipe()
+        child = ctypes.CDLL(None, use_errno=True).fork()
+        if child == 0:  # pragma: no cover - the child
+            try:
+                report = {"mark_before": forks.MARK[0], "calls_before": len(calls)}
+                report["backend_pid"] = backend_pid(handle)  # resumes: the check runs here
+                forks.check()
+                report.update(calls=calls, mark_after=forks.MARK[0], own_pid=os.getpid())
+                os.write(write_end, json.dumps(report).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            report = json.loads(pipe.read() or "{}")
+        os.waitpid(child, 0)
+        self.assertEqual(report["mark_before"], 0, "the kernel zeroes the mark in a child")
+        self.assertEqual(report["calls_before"], 0)
+        self.assertEqual(report["calls"], [child], "every hook ran once, in the child")
+        self.assertEqual(report["mark_after"], 1)
+        self.assertNotEqual(report["backend_pid"], parent_pid, "the child used the parent's")
+        self.assertEqual(calls, [], "the parent ran no hook")
+        self.assertEqual(backend_pid(handle), parent_pid, "the parent resumes its own")
+        handle.close()
+        self.assertEqual(pool.get_stats()[S.CONNECTIONS_LOST], 0)

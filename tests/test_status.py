@@ -2,6 +2,7 @@
 pool_status across real processes and host names, the staff page in a real browser, and
 bad input."""
 
+import ctypes
 import io
 import json
 import logging
@@ -183,11 +184,18 @@ class ApplicationNameTests(PooledAliasTestCase):
             wrapper.database.pool.close()
 
     def test_a_forked_child_tags_its_sessions_with_its_own_pid(self):
+        self.assert_child_tags_its_sessions_with_its_own_pid(os.fork)
+
+    def test_a_child_of_c_fork_tags_its_sessions_with_its_own_pid(self):
+        # fork(2) from C (uWSGI) runs no Python at-fork hook: the pool's fork check must.
+        self.assert_child_tags_its_sessions_with_its_own_pid(ctypes.CDLL(None).fork)
+
+    def assert_child_tags_its_sessions_with_its_own_pid(self, fork):
         with connection.cursor() as cursor:  # the parent's pool and cached parameters
             cursor.execute("SELECT 1")
         connection.close()
         read_end, write_end = os.pipe()
-        child = os.fork()
+        child = fork()
         if child == 0:  # pragma: no cover - runs in the child
             os.close(read_end)
             try:

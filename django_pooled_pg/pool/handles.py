@@ -9,7 +9,9 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg2.extensions
 
+from . import forks
 from .errors import ConnectionReturned
+from .forks import MARK as _FORK_MARK
 from .prepared import release_guard, release_guard_first
 from .session import _verdicts, may_change_session, may_prepare
 
@@ -98,6 +100,9 @@ class ConnectionHandle:
     def _live(self) -> Any:
         conn = self._conn
         if conn is None:
+            if not _FORK_MARK[0]:
+                # A child of fork(2) whose hooks have not run: they may close this pool.
+                forks.detected()
             if not self._parked:
                 raise ConnectionReturned(_RETURNED)
             if self._pool._closed and self.find_pool is not None:

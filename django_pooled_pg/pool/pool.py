@@ -19,9 +19,10 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
-from . import cleaner, stats
+from . import cleaner, forks, stats
 from .config import PoolConfig
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
+from .forks import MARK as _FORK_MARK
 from .handles import ConnectionHandle, forwarding_class
 from .prepared import PreparedTargets, PrepareTarget
 from .record import ConnectionRecord
@@ -133,8 +134,8 @@ class ConnectionPool:
         # Taking back one's own connection is every request's first query: this is
         # _acquire() and _lease() spelled out for that case, with one lock round, minus
         # what cannot have changed since park() (the record, its handle_ref).
-        if self._pid != os.getpid():
-            self._forget_after_fork()  # (this also ends the handle's right to resume)
+        if not _FORK_MARK[0]:
+            forks.detected()  # a child: this pool forgets the parent's connections first
         record = handle._record
         now = time.monotonic()
         holder = current_thread()
@@ -175,8 +176,8 @@ class ConnectionPool:
         return True
 
     def _acquire(self, timeout: float | None) -> ConnectionRecord:
-        if self._pid != os.getpid():
-            self._forget_after_fork()
+        if not _FORK_MARK[0]:
+            forks.detected()
         if self._leaked:
             self._recover_leaks()
         deadline = None
@@ -374,6 +375,8 @@ class ConnectionPool:
 
     def checkin(self, handle: ConnectionHandle) -> None:
         """Return a leased connection: end its transaction, reset it if needed, keep or close."""
+        if not _FORK_MARK[0]:
+            forks.detected()  # a child returning the parent's lease: the hooks ended it
         record = handle._record
         if handle._conn is None:
             if handle._parked:  # already checked in: only give up the right to resume
@@ -388,6 +391,8 @@ class ConnectionPool:
 
     def park(self, handle: ConnectionHandle) -> None:
         """Check the connection in like checkin(), but let ``handle`` resume it later."""
+        if not _FORK_MARK[0]:
+            forks.detected()
         record = handle._record
         conn = handle._conn
         if conn is None:
@@ -396,9 +401,8 @@ class ConnectionPool:
         # record.handle_ref stays: the handle is alive as long as it may resume (parked_for
         # holds it), and the leak callback ignores a record that is not leased.
         # Every request of a Django thread ends here: when the lease provably left the
-        # session as it found it, skip _return()'s general checks.
-        # (No pid check here: whatever a forked child parks, its next resume() or
-        # checkout forgets, before anything is sent. Notifies need a LISTEN: dirty.)
+        # session as it found it, skip _return()'s general checks. (Notifies need a
+        # LISTEN: dirty.)
         now = time.monotonic()
         if (
             record.dirty
@@ -416,7 +420,10 @@ class ConnectionPool:
 
     def _return(self, record: ConnectionRecord, park_for: ConnectionHandle | None = None) -> None:
         if self._pid != os.getpid():
-            return  # the parent's connection: never touch it from a forked child
+            # The parent's connection: never touch it from a forked child. (The callers
+            # ran the fork check already; this one costs a system call, but only returns
+            # that need a closer look come here, and leaks recovered by the cleaner.)
+            return
         now = time.monotonic()
         config = self.config
         # A connection that will be closed needs no reset: closing ends its session.
@@ -682,13 +689,18 @@ class ConnectionPool:
         return self._closed
 
     def _forget_after_fork(self) -> None:
-        """In a forked child: drop the parent's connections without touching their sockets."""
+        """In a forked child: drop the parent's connections without touching their sockets.
+
+        Handles leased at the fork end: their holder was in the middle of something that
+        the child cannot continue. Parked handles stay parked: nothing was under way, so
+        their next use leases a connection of the child's own (resume() finds the record
+        no longer parked for them), as it would after another thread took theirs.
+        """
         records: Iterable[ConnectionRecord] = (*self._idle, *self._leased, *self._leaked)
         for record in records:
             handle = record.handle_ref() if record.handle_ref is not None else None
-            for owner in (handle, record.parked_for):
-                if owner is not None:
-                    owner._end(parked=False)
+            if handle is not None and handle is not record.parked_for:
+                handle._end(parked=False)
             record.handle_ref = record.parked_for = None
             detach_socket(record.conn)
         self._init_state()
@@ -846,7 +858,7 @@ def close_all_pools() -> None:
         pool.close()
 
 
-os.register_at_fork(after_in_child=_forget_parent_pools)
+forks.after_fork_in_child(_forget_parent_pools)
 
 
 @atexit.register

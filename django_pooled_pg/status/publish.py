@@ -16,7 +16,6 @@ import atexit
 import collections
 import json
 import logging
-import os
 import threading
 import time
 from typing import Any
@@ -28,7 +27,7 @@ from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from .. import identity
-from ..pool import cleaner
+from ..pool import cleaner, forks
 from ..pool.pool import detach_socket
 from .conf import StatusSettings, status_settings
 from .models import TABLE
@@ -258,7 +257,7 @@ def install() -> None:
         cleaner.remove_listener(_publisher.publish)
 
 
-os.register_at_fork(after_in_child=_publisher.after_fork_in_child)
+forks.after_fork_in_child(_publisher.after_fork_in_child)
 atexit.register(_publisher.withdraw)
 
 
