@@ -11,10 +11,12 @@ and times the request cycle ``request_started`` -> ``connections["default"].curs
 ``SELECT 1`` + ``fetchone()`` -> ``request_finished``, in interleaved rounds (A B C D A B ...):
 
 1. one thread: unpooled (postgresql, CONN_MAX_AGE=0), persistent (CONN_MAX_AGE=None),
-   pooled (django_pooled_pg defaults, reset='auto'), pooled_off (the same with
-   tracking='off': the pool's own cost, tracking having its own budget in workload 3) and
-   pooled_always (reset='always'). Median requests/s per contender; pooled/persistent and
-   pooled/unpooled.
+   persistent_checked (the same with CONN_HEALTH_CHECKS=True: Django's way to never run a
+   request on a dead connection, with a SELECT 1 round trip at each request's first query;
+   the pool checks the socket with one poll() instead), pooled (django_pooled_pg defaults,
+   reset='auto'), pooled_off (the same with tracking='off': the pool's own cost, tracking
+   having its own budget in workload 3) and pooled_always (reset='always'). Median
+   requests/s per contender; pooled/persistent and pooled/unpooled.
 2. N threads (32): persistent (a session per thread) vs pooled with max_size=8 (defaults,
    and tracking='off'); requests/s
    and the most server sessions each used, sampled from pg_stat_activity by
@@ -74,7 +76,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(1, os.path.join(ROOT, "testproject"))  # the shop app (workload 3's models)
 
 APP_PREFIX = "bench_rc_"
-SINGLE = ["unpooled", "persistent", "pooled", "pooled_off", "pooled_always"]
+SINGLE = ["unpooled", "persistent", "persistent_checked", "pooled", "pooled_off", "pooled_always"]
 THREADED = ["t_persistent", "t_pooled8", "t_pooled8_off"]
 POOLED_MAX = 8
 TARGETS = {
@@ -123,6 +125,9 @@ def configure_django(url: str) -> None:
     CONTENDERS.update({
         "unpooled": database_entry(url, pg, "unpooled", CONN_MAX_AGE=0),
         "persistent": database_entry(url, pg, "persistent", CONN_MAX_AGE=None),
+        "persistent_checked": database_entry(
+            url, pg, "persistent_checked", CONN_MAX_AGE=None, CONN_HEALTH_CHECKS=True
+        ),
         "pooled": database_entry(url, pooled, "pooled", OPTIONS={"pool": {}}),
         "pooled_off": database_entry(
             url, pooled, "pooled_off", OPTIONS={"pool": {"tracking": "off"}}
@@ -716,6 +721,9 @@ def run(args: argparse.Namespace, url: str) -> int:
         ratios.update({
             "pooled/persistent": median["pooled"] / median["persistent"],
             "pooled tracking=off/persistent": median["pooled_off"] / median["persistent"],
+            "pooled/persistent with health checks": (
+                median["pooled"] / median["persistent_checked"]
+            ),
             "pooled/unpooled": median["pooled"] / median["unpooled"],
             "pooled_always/persistent": median["pooled_always"] / median["persistent"],
             "pooled/pooled_always": median["pooled"] / median["pooled_always"],
@@ -725,6 +733,10 @@ def run(args: argparse.Namespace, url: str) -> int:
         pairs = {
             "pooled/persistent": (single["pooled"], single["persistent"]),
             "pooled tracking=off/persistent": (single["pooled_off"], single["persistent"]),
+            "pooled/persistent with health checks": (
+                single["pooled"],
+                single["persistent_checked"],
+            ),
             "pooled/unpooled": (single["pooled"], single["unpooled"]),
             "pooled_always/persistent": (single["pooled_always"], single["persistent"]),
             "pooled/pooled_always": (single["pooled"], single["pooled_always"]),
@@ -740,9 +752,11 @@ def run(args: argparse.Namespace, url: str) -> int:
         }
         low_ratio = low_us["persistent"] / low_us["pooled"]
         low_ratio_off = low_us["persistent"] / low_us["pooled_off"]
+        low_ratio_checked = low_us["persistent_checked"] / low_us["pooled"]
         ratios_low = {
             "pooled/persistent": low_ratio,
             "pooled tracking=off/persistent": low_ratio_off,
+            "pooled/persistent with health checks": low_ratio_checked,
         }
         results["single_thread"] = {
             alias: {
@@ -865,6 +879,11 @@ def run(args: argparse.Namespace, url: str) -> int:
         print(
             f"  the same with tracking='off': pooled {low_us['pooled_off']:.1f} us "
             f"(+{low_us['pooled_off'] - low_us['persistent']:.1f} us): {low_ratio_off:.2f}x"
+        )
+        print(
+            f"  persistent with CONN_HEALTH_CHECKS (a round trip per request, Django's way "
+            f"to never use a dead connection): {low_us['persistent_checked']:.1f} us; "
+            f"pooled/that {low_ratio_checked:.2f}x"
         )
     if "threads" in args.sections:
         print(
