@@ -10,6 +10,7 @@ import time
 
 from django_pooled_pg.pool import (
     ConnectionPool,
+    ConnectionReturned,
     PoolClosed,
     PoolConfig,
     PoolTimeout,
@@ -379,3 +380,75 @@ class ForkDetectionTests(PoolTestCase):
         self.assertEqual(backend_pid(handle), parent_pid, "the parent resumes its own")
         handle.close()
         self.assertEqual(pool.get_stats()[S.CONNECTIONS_LOST], 0)
+
+    def run_in_c_fork_child(self, work):
+        """Run ``work()`` (returns a JSON-able report) in a child of libc's fork()."""
+        read_end, write_end = os.pipe()
+        child = ctypes.CDLL(None, use_errno=True).fork()
+        if child == 0:  # pragma: no cover - the child
+            try:
+                os.write(write_end, json.dumps(work()).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        with os.fdopen(read_end) as pipe:
+            report = json.loads(pipe.read() or "null")
+        os.waitpid(child, 0)
+        return report
+
+    def test_a_lease_taken_before_a_c_fork_refuses_work_in_the_child(self):
+        pool = self.make_pool(max_size=2)
+        handle = pool.checkout()
+        parent_pid = backend_pid(handle)
+        cursor = handle.cursor()
+
+        def child_work():
+            report = {}
+            for name, action in (
+                ("cursor_execute", lambda: cursor.execute("SELECT 1")),  # the first check
+                ("handle_cursor", handle.cursor),
+                ("commit", handle.commit),
+            ):
+                try:
+                    action()
+                    report[name] = "ran"
+                except ConnectionReturned:
+                    report[name] = "refused"
+            report["parked"] = handle.park_if_unchanged()
+            return report
+
+        report = self.run_in_c_fork_child(child_work)
+        self.assertEqual(
+            report,
+            {"cursor_execute": "refused", "handle_cursor": "refused", "commit": "refused",
+             "parked": False},
+        )  # fmt: skip
+        self.assertEqual(backend_pid(handle), parent_pid, "the parent's lease is intact")
+        handle.close()
+        self.assertEqual(pool.get_stats()[S.CONNECTIONS_LOST], 0)
+
+    def test_a_failing_hook_does_not_stop_the_others_nor_run_them_again(self):
+        pool = self.make_pool(max_size=2)
+        pool.checkout().close()
+        calls = []
+
+        def failing():
+            raise RuntimeError("this hook fails")
+
+        def counting():
+            calls.append(os.getpid())
+
+        for hook in (failing, counting):
+            forks.after_fork_in_child(hook)
+            self.addCleanup(forks._hooks.remove, hook)
+
+        def child_work():
+            logging.disable(logging.CRITICAL)  # the failure is logged: keep the output clean
+            handle = pool.checkout()
+            pid = backend_pid(handle)
+            handle.close()
+            forks.check()
+            return {"calls": len(calls), "mark": forks.MARK[0], "leased": pid > 0}
+
+        report = self.run_in_c_fork_child(child_work)
+        self.assertEqual(report, {"calls": 1, "mark": 1, "leased": True})

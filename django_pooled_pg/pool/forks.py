@@ -17,6 +17,7 @@ back to comparing ``os.getpid()``.
 
 from __future__ import annotations
 
+import logging
 import mmap
 import os
 import sys
@@ -24,6 +25,8 @@ import threading
 from collections.abc import Callable
 
 __all__ = ["MARK", "after_fork_in_child", "check", "detected", "wipes_on_fork"]
+
+logger = logging.getLogger(__name__)
 
 _MADV_WIPEONFORK = getattr(mmap, "MADV_WIPEONFORK", 18 if sys.platform == "linux" else None)
 
@@ -39,7 +42,7 @@ class _PidMark:
         return 1 if os.getpid() == self.pid else 0
 
     def __setitem__(self, index: int, value: int) -> None:
-        self.pid = os.getpid() if value else -1
+        self.pid = os.getpid()  # (only ever set to 1: armed in this process)
 
 
 def _new_mark() -> mmap.mmap | _PidMark:
@@ -62,6 +65,9 @@ MARK[0] = 1
 
 _hooks: list[Callable[[], None]] = []
 _lock = threading.Lock()
+#: The thread running the hooks, if any: a hook that calls something with a fork check
+#: (the registry's closes pools) must not wait for itself, nor run the hooks again.
+_runner: int | None = None
 
 
 def wipes_on_fork() -> bool:
@@ -86,15 +92,28 @@ def detected() -> None:
     """MARK[0] read 0: run the hooks, unless another thread of this child just did. The
     mark is set again only after the last hook, so that a thread that reads it meanwhile
     waits here instead of going on with the parent's state."""
+    if _runner == threading.get_ident():
+        return  # called from a hook: the hooks are under way
     with _lock:
         if not MARK[0]:
             _run_hooks()
 
 
 def _run_hooks() -> None:
-    for hook in _hooks:
-        hook()
-    MARK[0] = 1
+    global _runner
+    _runner = threading.get_ident()
+    try:
+        for hook in _hooks:
+            try:
+                hook()
+            except Exception:
+                # Keep going: the other hooks (the pools forgetting the parent's
+                # connections above all) matter more than the one that failed, and a mark
+                # left at 0 would run them all again at every lease.
+                logger.exception("After-fork hook %r failed in process %s", hook, os.getpid())
+        MARK[0] = 1
+    finally:
+        _runner = None
 
 
 def _after_os_fork_in_child() -> None:

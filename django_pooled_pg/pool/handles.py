@@ -98,11 +98,12 @@ class ConnectionHandle:
         self._parked = parked
 
     def _live(self) -> Any:
+        if not _FORK_MARK[0]:
+            # A child of fork(2) whose hooks have not run: they end a lease taken before
+            # the fork, and may close this pool.
+            forks.detected()
         conn = self._conn
         if conn is None:
-            if not _FORK_MARK[0]:
-                # A child of fork(2) whose hooks have not run: they may close this pool.
-                forks.detected()
             if not self._parked:
                 raise ConnectionReturned(_RETURNED)
             if self._pool._closed and self.find_pool is not None:
@@ -128,6 +129,8 @@ class ConnectionHandle:
 
     def park_if_unchanged(self) -> bool:
         """park() if can_park (the end of every request); True if parked."""
+        if not _FORK_MARK[0]:
+            forks.detected()  # (in a child, the hooks end a lease taken before the fork)
         if self._conn is None or not self.can_park:
             return False
         self._pool.park(self)
@@ -140,7 +143,7 @@ class ConnectionHandle:
 
     def cursor(self, *args: Any, **kwargs: Any) -> PooledCursor:
         conn = self._conn
-        if conn is None:
+        if conn is None or not _FORK_MARK[0]:
             conn = self._live()
         if args or kwargs:
             if args or kwargs.get("name"):
@@ -238,6 +241,8 @@ class PooledCursor:
         self._shown = None
 
     def _live(self) -> Any:
+        if not _FORK_MARK[0]:
+            forks.detected()
         if self._lease != self._handle._lease:
             raise ConnectionReturned(_RETURNED)
         return self._cursor
@@ -259,6 +264,8 @@ class PooledCursor:
             record.dirty = record.deallocate = True
 
     def execute(self, query: Any, vars: Any = None) -> None:
+        if not _FORK_MARK[0]:
+            forks.detected()  # a cursor taken before a fork(2): the hooks end its lease
         if self._lease != self._handle._lease:
             raise ConnectionReturned(_RETURNED)
         cursor = self._cursor

@@ -420,9 +420,9 @@ class ConnectionPool:
 
     def _return(self, record: ConnectionRecord, park_for: ConnectionHandle | None = None) -> None:
         if self._pid != os.getpid():
-            # The parent's connection: never touch it from a forked child. (The callers
-            # ran the fork check already; this one costs a system call, but only returns
-            # that need a closer look come here, and leaks recovered by the cleaner.)
+            # The parent's connection: never touch it from a forked child. (A last guard
+            # behind the fork checks of checkin() and park(): it costs a system call, but
+            # only returns that need a closer look come here, and recovered leaks.)
             return
         now = time.monotonic()
         config = self.config
@@ -666,6 +666,7 @@ class ConnectionPool:
 
     def close(self) -> None:
         """Close idle connections now and leased ones when they come back; refuse new leases."""
+        forks.check()  # in a child of fork(2), forget the parent's connections, never close them
         with self._lock:
             self._closed = True
             # Idle connections, and leaked ones whose holder is gone: nobody will return them.
@@ -699,7 +700,7 @@ class ConnectionPool:
         records: Iterable[ConnectionRecord] = (*self._idle, *self._leased, *self._leaked)
         for record in records:
             handle = record.handle_ref() if record.handle_ref is not None else None
-            if handle is not None and handle is not record.parked_for:
+            if handle is not None and not handle._parked:
                 handle._end(parked=False)
             record.handle_ref = record.parked_for = None
             detach_socket(record.conn)

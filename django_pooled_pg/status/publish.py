@@ -80,6 +80,7 @@ class Publisher:
     def publish(self) -> bool:
         """Write this process's snapshot now, unless publishing is off, backing off after
         failures, or already running in another thread. True when a snapshot was written."""
+        forks.check()
         if not self._lock.acquire(blocking=False):
             return False
         try:
@@ -203,6 +204,7 @@ class Publisher:
     def withdraw(self) -> None:
         """Delete this process's rows at a clean exit (a killed process's rows expire).
         Only over a connection already open: exit never waits for a new one."""
+        forks.check()  # a child of fork(2) that never leased: drop the parent's connection
         if not self._lock.acquire(timeout=2):
             return
         try:
