@@ -356,24 +356,18 @@ class ForkDetectionTests(PoolTestCase):
         hook = lambda: calls.append(os.getpid())  # noqa: E731
         forks.after_fork_in_child(hook)
         self.addCleanup(forks._hooks.remove, hook)
-        read_end, write_end = os.pipe()
-        child = ctypes.CDLL(None, use_errno=True).fork()
-        if child == 0:  # pragma: no cover - the child
-            try:
-                report = {"mark_before": forks.MARK[0], "calls_before": len(calls)}
-                report["backend_pid"] = backend_pid(handle)  # resumes: the check runs here
-                forks.check()
-                report.update(calls=calls, mark_after=forks.MARK[0], own_pid=os.getpid())
-                os.write(write_end, json.dumps(report).encode())
-            finally:
-                os._exit(0)
-        os.close(write_end)
-        with os.fdopen(read_end) as pipe:
-            report = json.loads(pipe.read() or "{}")
-        os.waitpid(child, 0)
+
+        def child_work():
+            report = {"mark_before": forks.MARK[0], "calls_before": len(calls)}
+            report["backend_pid"] = backend_pid(handle)  # resumes: the check runs here
+            forks.check()
+            report.update(calls=calls, mark_after=forks.MARK[0], own_pid=os.getpid())
+            return report
+
+        report = self.run_in_c_fork_child(child_work)
         self.assertEqual(report["mark_before"], 0, "the kernel zeroes the mark in a child")
         self.assertEqual(report["calls_before"], 0)
-        self.assertEqual(report["calls"], [child], "every hook ran once, in the child")
+        self.assertEqual(report["calls"], [report["own_pid"]], "every hook ran once, in the child")
         self.assertEqual(report["mark_after"], 1)
         self.assertNotEqual(report["backend_pid"], parent_pid, "the child used the parent's")
         self.assertEqual(calls, [], "the parent ran no hook")
