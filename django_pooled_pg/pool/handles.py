@@ -129,12 +129,9 @@ class ConnectionHandle:
 
     def park_if_unchanged(self) -> bool:
         """park() if can_park (the end of every request); True if parked."""
-        if not _FORK_MARK[0]:
-            forks.detected()  # (in a child, the hooks end a lease taken before the fork)
         if self._conn is None or not self.can_park:
             return False
-        self._pool.park(self)
-        return True
+        return self._pool.park(self)  # (False when a fork(2) ended the lease meanwhile)
 
     @property
     def record(self) -> ConnectionRecord:

@@ -133,9 +133,8 @@ class ConnectionPool:
         another one (False: its session is the baseline, not what the holder left)."""
         # Taking back one's own connection is every request's first query: this is
         # _acquire() and _lease() spelled out for that case, with one lock round, minus
-        # what cannot have changed since park() (the record, its handle_ref).
-        if not _FORK_MARK[0]:
-            forks.detected()  # a child: this pool forgets the parent's connections first
+        # what cannot have changed since park() (the record, its handle_ref). The fork
+        # check ran in the handle's _live(), the only caller, before it read its state.
         record = handle._record
         now = time.monotonic()
         holder = current_thread()
@@ -389,14 +388,15 @@ class ConnectionPool:
         record.handle_ref = None
         self._return(record)
 
-    def park(self, handle: ConnectionHandle) -> None:
-        """Check the connection in like checkin(), but let ``handle`` resume it later."""
+    def park(self, handle: ConnectionHandle) -> bool:
+        """Check the connection in like checkin(), but let ``handle`` resume it later.
+        False if there was nothing to park (the lease had ended, or a fork ended it)."""
         if not _FORK_MARK[0]:
-            forks.detected()
+            forks.detected()  # in a child of fork(2), the hooks end a lease of the parent
         record = handle._record
         conn = handle._conn
         if conn is None:
-            return
+            return False
         handle._end(parked=True)
         # record.handle_ref stays: the handle is alive as long as it may resume (parked_for
         # holds it), and the leak callback ignores a record that is not leased.
@@ -417,6 +417,7 @@ class ConnectionPool:
             self._return(record, park_for=handle)
         else:
             self._put_back(record, now, handle)
+        return True
 
     def _return(self, record: ConnectionRecord, park_for: ConnectionHandle | None = None) -> None:
         if self._pid != os.getpid():
