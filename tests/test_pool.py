@@ -132,6 +132,136 @@ class SizingTests(PoolTestCase):
         self.assertEqual(pool.get_stats()[S.POOL_SIZE], 0)
 
 
+class ParkedHandoverTests(PoolTestCase):
+    """While others wait, a parked connection stays with its holder for a grace period
+    (its next request takes it back without a handoff), then goes to the oldest waiter;
+    and at once when that waiter has waited too long (pool.PARK_GRACE, STARVING_AFTER)."""
+
+    def waiting_checkout(self, pool, timeout, hold=None):
+        """A thread that checks out (with ``timeout``) and returns at once, or when
+        ``hold`` (an Event) is set; returns (thread, result list: the handle's backend
+        pid, or the exception), once the thread waits."""
+        result = []
+
+        def run():
+            try:
+                handle = pool.checkout(timeout=timeout)
+            except Exception as error:  # reported to the test
+                result.append(error)
+                return
+            result.append(backend_pid(handle))
+            if hold is not None:
+                hold.wait(10)
+            handle.close()
+
+        thread = threading.Thread(target=run)
+        waiting = pool.get_stats()[S.REQUESTS_WAITING]
+        thread.start()
+        wait_until(lambda: pool.get_stats()[S.REQUESTS_WAITING] == waiting + 1, what="a waiter")
+        return thread, result
+
+    def test_a_holder_back_within_the_grace_keeps_its_connection_while_others_wait(self):
+        pool = self.make_pool(max_size=1)
+        pool._park_grace = pool._starving_after = 60.0
+        handle = pool.checkout()
+        pid = backend_pid(handle)
+        thread, result = self.waiting_checkout(pool, timeout=10)
+        for _ in range(20):  # requests of one Django thread: park at the end, resume
+            handle.park()
+            self.assertEqual(backend_pid(handle), pid, "the same session, taken back")
+            self.assertTrue(handle.lease_active)
+        self.assertEqual(result, [], "the waiter got nothing while the holder kept it")
+        handle.close()  # a real return goes to the waiter at once
+        thread.join(10)
+        self.assertEqual(result, [pid])
+
+    def test_a_parked_connection_goes_to_the_waiter_when_its_grace_ends(self):
+        pool = self.make_pool(max_size=1, cleaner="inline")  # (the thread would hand it over)
+        pool._park_grace, pool._starving_after = 0.05, 60.0
+        pool._reclaim_interval = 60.0  # the waiter's other reason to wake
+        handle = pool.checkout()
+        pid = backend_pid(handle)
+        thread, result = self.waiting_checkout(pool, timeout=3)
+        handle.park()  # ... and the holder does not come back
+        # Nothing else happens in the pool: only the waiter's own wake at the grace's
+        # end hands it over before the waiter's timeout (where it would take it too).
+        wait_until(lambda: result, timeout=2, what="the parked connection, handed over")
+        thread.join(10)
+        self.assertEqual(result, [pid])
+        # Its next use leases anew (not the session it left: the waiter had it).
+        self.assertEqual(backend_pid(handle), pid)
+        handle.close()
+
+    def test_the_next_oldest_waiter_is_woken_to_watch_parked_connections(self):
+        pool = self.make_pool(max_size=2, cleaner="inline")
+        pool._park_grace, pool._starving_after = 0.05, 60.0
+        pool._reclaim_interval = 60.0
+        first, second = pool.checkout(), pool.checkout()
+        second_pid = backend_pid(second)
+        release = threading.Event()
+        self.addCleanup(release.set)
+        thread1, result1 = self.waiting_checkout(pool, timeout=10, hold=release)
+        # This waiter slept as "not the oldest": it must be woken when its turn comes.
+        thread2, result2 = self.waiting_checkout(pool, timeout=3)
+        first.close()  # to the oldest waiter at once, which keeps it
+        wait_until(lambda: result1, what="the first waiter's connection")
+        second.park()  # and never comes back
+        wait_until(lambda: result2, timeout=2, what="the parked connection, handed over")
+        thread2.join(10)
+        self.assertEqual(result2, [second_pid])
+        release.set()
+        thread1.join(10)
+        second.close()
+
+    def test_a_waiter_past_the_starvation_bound_gets_the_next_park_at_once(self):
+        pool = self.make_pool(max_size=1)
+        pool._park_grace, pool._starving_after = 60.0, 0.05
+        handle = pool.checkout()
+        pid = backend_pid(handle)
+        thread, result = self.waiting_checkout(pool, timeout=5)
+        time.sleep(0.06)  # the waiter is past the bound (the sleep only makes time pass)
+        handle.park()
+        thread.join(10)
+        self.assertEqual(result, [pid], "handed over at the park, without the 60 s grace")
+        handle.close()
+
+    def test_no_connection_has_two_holders_with_handovers_under_load(self):
+        pool = self.make_pool(max_size=3, timeout=30)
+        pool._park_grace, pool._starving_after = 0.001, 0.01  # many handovers of each kind
+        holders = {}
+        errors = []
+        guard = threading.Lock()
+
+        def worker():
+            handle = pool.checkout()
+            try:
+                for _ in range(150):
+                    conn_pid = backend_pid(handle)
+                    with guard:
+                        other = holders.get(conn_pid)
+                        holders[conn_pid] = threading.get_ident()
+                    if other is not None:
+                        errors.append(f"backend {conn_pid} held by two threads")
+                    query(handle, "SELECT 1")
+                    with guard:
+                        holders.pop(conn_pid, None)
+                    handle.park()
+            except Exception as error:
+                errors.append(repr(error))
+            finally:
+                handle.close()
+
+        threads = [threading.Thread(target=worker) for _ in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        self.assertEqual(errors, [])
+        stats = pool.get_stats()
+        self.assertGreater(stats[S.REQUESTS_QUEUED], 0, "the threads did wait")
+        self.assertEqual(stats[S.POOL_SIZE], 3)
+
+
 class LifetimeTests(PoolTestCase):
     def test_max_uses_closes_after_n_leases(self):
         pool = self.make_pool(max_uses=2)
