@@ -176,21 +176,83 @@ class ParkedHandoverTests(PoolTestCase):
         self.assertEqual(result, [pid])
 
     def test_a_parked_connection_goes_to_the_waiter_when_its_grace_ends(self):
-        pool = self.make_pool(max_size=1, cleaner="inline")  # (the thread would hand it over)
+        pool = self.make_pool(max_size=1, cleaner="inline")
         pool._park_grace, pool._starving_after = 0.05, 60.0
         pool._reclaim_interval = 60.0  # the waiter's other reason to wake
         handle = pool.checkout()
         pid = backend_pid(handle)
-        thread, result = self.waiting_checkout(pool, timeout=3)
+        thread, result = self.waiting_checkout(pool, timeout=10)
         handle.park()  # ... and the holder does not come back
         # Nothing else happens in the pool: only the waiter's own wake at the grace's
-        # end hands it over before the waiter's timeout (where it would take it too).
+        # end hands it over (else it would wait for its 10 s timeout).
         wait_until(lambda: result, timeout=2, what="the parked connection, handed over")
         thread.join(10)
         self.assertEqual(result, [pid])
-        # Its next use leases anew (not the session it left: the waiter had it).
-        self.assertEqual(backend_pid(handle), pid)
+        # Its next use leases anew, as a new connection to the holder: the waiter had it.
+        renewed = []
+        handle.on_new_connection = lambda: renewed.append(True)
+        self.assertEqual(backend_pid(handle), pid)  # (the only one: max_size=1)
+        self.assertEqual(renewed, [True])
         handle.close()
+
+    def test_a_waiter_at_its_deadline_takes_a_connection_in_its_grace(self):
+        pool = self.make_pool(max_size=1)
+        pool._park_grace = pool._starving_after = 60.0
+        handle = pool.checkout()
+        pid = backend_pid(handle)
+        thread, result = self.waiting_checkout(pool, timeout=0.3)
+        handle.park()  # idle, reserved for 60 s: better than a PoolTimeout
+        thread.join(10)
+        self.assertEqual(result, [pid])
+        self.assertEqual(pool.get_stats()[S.REQUESTS_TIMEOUTS], 0)
+        handle.close()
+
+    def test_a_full_queue_takes_a_connection_in_its_grace_rather_than_refuse(self):
+        pool = self.make_pool(max_size=1, max_waiting=1)
+        pool._park_grace = pool._starving_after = 60.0
+        handle = pool.checkout()
+        thread, result = self.waiting_checkout(pool, timeout=10)
+        handle.park()
+        other = pool.checkout()  # the queue is full, but a connection is idle
+        self.assertEqual(pool.get_stats()[S.REQUESTS_REFUSED], 0)
+        other.close()  # to the waiter
+        thread.join(10)
+        self.assertEqual(len(result), 1)
+        self.assertIsInstance(result[0], int)
+        handle.close()
+
+    def test_giving_up_the_right_to_resume_ends_the_grace(self):
+        pool = self.make_pool(max_size=1)
+        pool._park_grace = pool._starving_after = 60.0
+        handle = pool.checkout()
+        pid = backend_pid(handle)
+        thread, result = self.waiting_checkout(pool, timeout=10)
+        handle.park()
+        handle.close()  # Django's close() of a parked wrapper: no comeback
+        wait_until(lambda: result, timeout=2, what="the connection, handed over at once")
+        thread.join(10)
+        self.assertEqual(result, [pid])
+
+    def test_an_interrupted_waiter_leaves_the_queue_and_passes_on_its_grant(self):
+        pool = self.make_pool(max_size=1, cleaner="inline")
+        holder = pool.checkout()
+        pid = backend_pid(holder)
+        original_wait = pool._wait
+
+        def interrupted(waiter, deadline):
+            holder.close()  # granted to this waiter while it "waits"...
+            self.assertIsNotNone(waiter.grant)
+            raise KeyboardInterrupt  # ...then interrupted before it takes it
+
+        pool._wait = interrupted
+        with self.assertRaises(KeyboardInterrupt):
+            pool.checkout()
+        pool._wait = original_wait
+        stats = pool.get_stats()
+        self.assertEqual((stats[S.REQUESTS_WAITING], stats[S.POOL_LEASED]), (0, 0))
+        again = pool.checkout(timeout=1)  # the connection was not lost with the waiter
+        self.assertEqual(backend_pid(again), pid)
+        again.close()
 
     def test_the_next_oldest_waiter_is_woken_to_watch_parked_connections(self):
         pool = self.make_pool(max_size=2, cleaner="inline")
@@ -202,7 +264,7 @@ class ParkedHandoverTests(PoolTestCase):
         self.addCleanup(release.set)
         thread1, result1 = self.waiting_checkout(pool, timeout=10, hold=release)
         # This waiter slept as "not the oldest": it must be woken when its turn comes.
-        thread2, result2 = self.waiting_checkout(pool, timeout=3)
+        thread2, result2 = self.waiting_checkout(pool, timeout=10)
         first.close()  # to the oldest waiter at once, which keeps it
         wait_until(lambda: result1, what="the first waiter's connection")
         second.park()  # and never comes back
@@ -256,6 +318,7 @@ class ParkedHandoverTests(PoolTestCase):
             thread.start()
         for thread in threads:
             thread.join(60)
+        self.assertFalse(any(thread.is_alive() for thread in threads), "a thread hangs")
         self.assertEqual(errors, [])
         stats = pool.get_stats()
         self.assertGreater(stats[S.REQUESTS_QUEUED], 0, "the threads did wait")

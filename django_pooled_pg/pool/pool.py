@@ -72,9 +72,9 @@ class _Waiter:
         self.lock.acquire()
         self.grant: ConnectionRecord | _OpenNew | PoolClosed | None = None
         self.since = now
-        #: When to look at the pool again unwoken: the oldest waiter looks every
-        #: PARK_GRACE for a parked connection whose grace has ended; the others wait for
-        #: their turn (inf), and are woken when it comes.
+        #: When to look at the pool again unwoken: for the oldest waiter, the end of the
+        #: oldest idle connection's grace (PARK_GRACE), or PARK_GRACE from now. inf (the
+        #: others): until woken, when their turn comes.
         self.check_at = math.inf
         #: the lock was released (a grant, or "you are the oldest now") and not yet taken
         self.signalled = False
@@ -223,6 +223,7 @@ class ConnectionPool:
         if self._leaked:
             self._recover_leaks()
         deadline = None
+        since = None  # when this checkout first queued (kept if it has to queue again)
         while True:
             waiter = None
             now = time.monotonic()
@@ -232,29 +233,36 @@ class ConnectionPool:
                 waiters = self._waiters
                 if waiters and self._idle:
                     self._hand_over_parked(now)
-                # With others waiting, what is idle is parked for its holder: queue up.
-                if self._idle and not waiters:
+                max_waiting = self.config.max_waiting
+                # With others waiting, what is idle is parked for its holder: queue up
+                # (but rather take it than be refused a place in a full queue).
+                if self._idle and (not waiters or (max_waiting and len(waiters) >= max_waiting)):
                     grant: Any = self._idle.pop()
                     grant.parked_for = None
                 elif self._size < self.config.max_size:
                     self._size += 1
                     grant = _OPEN_NEW
                 else:
-                    if self.config.max_waiting and len(self._waiters) >= self.config.max_waiting:
+                    if max_waiting and len(waiters) >= max_waiting:
                         self._stats[stats.REQUESTS_REFUSED] += 1
                         raise TooManyRequests(
                             f"pool {self.name!r} already has {len(self._waiters)} requests "
                             f"waiting (max_waiting={self.config.max_waiting}); "
                             f"max_size={self.config.max_size}, all leased"
                         )
-                    waiter = _Waiter(now)
+                    waiter = _Waiter(now if since is None else since)
+                    since = waiter.since
                     waiters.append(waiter)
                     self._set_check_at(waiter, now)
                     self._stats[stats.REQUESTS_QUEUED] += 1
             if waiter is not None:
                 if deadline is None:
                     deadline = time.monotonic() + (timeout or self.config.timeout)
-                grant = self._wait(waiter, deadline)
+                try:
+                    grant = self._wait(waiter, deadline)
+                except BaseException:
+                    self._abandon(waiter)
+                    raise
             if grant is _OPEN_NEW:
                 record = self._open_in_reserved_slot()
             else:
@@ -287,6 +295,13 @@ class ConnectionPool:
                 if waiter.grant is not None:
                     break
                 timed_out = remaining <= 0
+                if timed_out and self._idle:  # in its grace: better than a timeout
+                    self._waiters.remove(waiter)
+                    self._wake_oldest()
+                    record = self._idle.popleft()
+                    record.parked_for = None
+                    waiter.grant = record
+                    break
                 if timed_out:
                     self._waiters.remove(waiter)
                     self._wake_oldest()
@@ -305,6 +320,27 @@ class ConnectionPool:
             raise waiter.grant
         assert waiter.grant is not None
         return waiter.grant
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """A waiter gives up (an exception while it waited, KeyboardInterrupt included):
+        leave the queue, or pass on what it was granted meanwhile."""
+        with self._lock:
+            grant = waiter.grant
+            if grant is None:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                    self._wake_oldest()
+                return
+            if grant is _OPEN_NEW:
+                self._size -= 1
+                if self._waiters and self._size < self.config.max_size:
+                    self._hand_to_waiter(_OPEN_NEW)
+                return
+            if isinstance(grant, ConnectionRecord) and self._offer(grant, None, time.monotonic()):
+                closed = grant
+            else:
+                return
+        self._discard(closed, stats.CONNECTIONS_CLOSED)
 
     def _timeout_message(self, waited: float) -> str:
         now = time.monotonic()
@@ -457,6 +493,9 @@ class ConnectionPool:
                 with self._lock:
                     if record.parked_for is handle:
                         record.parked_for = None
+                        if self._waiters and record in self._idle:  # no grace left
+                            self._idle.remove(record)
+                            self._hand_to_waiter(record)
             return
         handle._end(parked=False)  # cursors and the handle die here
         record.handle_ref = None
@@ -641,6 +680,9 @@ class ConnectionPool:
         if self._waiters[0] is waiter:
             idle = self._idle
             grace = self._park_grace
+            # With nothing idle it still looks every PARK_GRACE (about 200 wake-ups a
+            # second while a queue lasts): waking it at each park instead would cost a
+            # wake-up for most requests of a busy pool (measured: 12,190 for 18,582).
             waiter.check_at = (idle[0].idle_since if idle else now) + grace
         else:
             waiter.check_at = math.inf
