@@ -1,10 +1,15 @@
 """The Django integration: ENGINE switch, settings checks, test databases, aliases, baseline."""
 
+import concurrent.futures
+import json
 import os
 import re
 import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
@@ -216,6 +221,78 @@ class TestRunnerTests(SimpleTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("Cloning test database", result.stderr)
         self.assertNotIn("being accessed by other users", result.stderr)
+
+
+class PreloadTests(SimpleTestCase):
+    """gunicorn --preload: the master uses the database, then forks the workers (point 6)."""
+
+    def serve(self, *worker_args):
+        """Run gunicorn --preload on tests/preload_wsgi.py; (its process, base URL, the
+        master's backend pid)."""
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        report = os.path.join(self.enterContext(tempfile.TemporaryDirectory()), "master")
+        env = {
+            **os.environ,
+            "DJANGO_SETTINGS_MODULE": "testproject.settings",
+            "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "testproject")]),
+            "PRELOAD_REPORT": report,
+        }
+        server = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "tests.preload_wsgi:application", "--preload",
+             "--bind", f"127.0.0.1:{port}", "--workers", "2", *worker_args,
+             "--log-level", "warning"],
+            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
+        def stop():
+            server.terminate()
+            server.communicate(timeout=30)
+
+        self.addCleanup(stop)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                self.get(base + "/backend/")
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    self.fail(f"gunicorn did not serve: {server.communicate()[1][-3000:]}")
+                time.sleep(0.2)
+        with open(report) as file:
+            return server, base, int(file.read())
+
+    def get(self, url):
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return json.loads(response.read())
+
+    def check_workers_never_touch_the_masters_session(self, *worker_args):
+        server, base, master_backend = self.serve(*worker_args)
+        with concurrent.futures.ThreadPoolExecutor(8) as executor:
+            answers = list(executor.map(lambda _: self.get(base + "/backend/"), range(80)))
+        workers = {answer["worker_pid"] for answer in answers}
+        self.assertNotIn(server.pid, workers)
+        backends = {answer["backend_pid"] for answer in answers}
+        self.assertNotIn(master_backend, backends, "a worker ran on the master's session")
+        for answer in answers:  # each worker's sessions carry its own pid, not the master's
+            self.assertIn(f" pid={answer['worker_pid']} ", answer["application_name"])
+        # The master's session is intact: still there, idle, its last statement its own.
+        # (A child that sent anything on the inherited socket, even a goodbye, would show.)
+        admin = admin_connection()
+        self.addCleanup(admin.close)
+        rows = query(admin, "SELECT state, query FROM pg_stat_activity WHERE pid = %s",
+                     [master_backend])  # fmt: skip
+        self.assertEqual(rows, [("idle", "SELECT pg_backend_pid() /* the master's query */")])
+
+    def test_sync_workers_get_their_own_sessions(self):
+        # Each request runs in the worker's main thread: the thread whose wrapper held the
+        # master's lease at the fork.
+        self.check_workers_never_touch_the_masters_session()
+
+    def test_threaded_workers_get_their_own_sessions(self):
+        self.check_workers_never_touch_the_masters_session("--threads", "4")
 
 
 class DemoTests(SimpleTestCase):

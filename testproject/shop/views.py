@@ -21,6 +21,20 @@ def index(request):
     )
 
 
+def backend(request):
+    """Which process served the request, on which server session (no tables needed)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid(), current_setting('application_name')")
+        backend_pid, application_name = cursor.fetchone()
+    return JsonResponse(
+        {
+            "worker_pid": os.getpid(),
+            "backend_pid": backend_pid,
+            "application_name": application_name,
+        }
+    )
+
+
 def select1(request):
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")

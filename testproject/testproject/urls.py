@@ -5,6 +5,7 @@ from shop import views
 urlpatterns = [
     path("", views.index),
     path("select1/", views.select1),
+    path("backend/", views.backend),
     path("products/<int:pk>/", views.product),
     path("orders/", views.orders),
     path("pool/", views.pool_stats),
