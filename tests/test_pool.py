@@ -160,12 +160,21 @@ class ParkedHandoverTests(PoolTestCase):
         wait_until(lambda: pool.get_stats()[S.REQUESTS_WAITING] == waiting + 1, what="a waiter")
         return thread, result
 
-    def test_a_holder_back_within_the_grace_keeps_its_connection_while_others_wait(self):
-        pool = self.make_pool(max_size=1)
-        pool._park_grace = pool._starving_after = 60.0
+    def holder_and_waiter(
+        self, waiter_timeout, grace=60.0, starving_after=60.0, reclaim_interval=0.5, **options
+    ):
+        """A pool of one connection, leased, and a thread waiting for it:
+        (pool, the holder's handle, its backend pid, the waiter thread, its result)."""
+        pool = self.make_pool(max_size=1, **options)
+        pool._park_grace, pool._starving_after = grace, starving_after
+        pool._reclaim_interval = reclaim_interval  # the waiter's other reason to wake
         handle = pool.checkout()
         pid = backend_pid(handle)
-        thread, result = self.waiting_checkout(pool, timeout=10)
+        thread, result = self.waiting_checkout(pool, timeout=waiter_timeout)
+        return pool, handle, pid, thread, result
+
+    def test_a_holder_back_within_the_grace_keeps_its_connection_while_others_wait(self):
+        _, handle, pid, thread, result = self.holder_and_waiter(waiter_timeout=10)
         for _ in range(20):  # requests of one Django thread: park at the end, resume
             handle.park()
             self.assertEqual(backend_pid(handle), pid, "the same session, taken back")
@@ -176,12 +185,9 @@ class ParkedHandoverTests(PoolTestCase):
         self.assertEqual(result, [pid])
 
     def test_a_parked_connection_goes_to_the_waiter_when_its_grace_ends(self):
-        pool = self.make_pool(max_size=1, cleaner="inline")
-        pool._park_grace, pool._starving_after = 0.05, 60.0
-        pool._reclaim_interval = 60.0  # the waiter's other reason to wake
-        handle = pool.checkout()
-        pid = backend_pid(handle)
-        thread, result = self.waiting_checkout(pool, timeout=10)
+        _, handle, pid, thread, result = self.holder_and_waiter(
+            10, grace=0.05, reclaim_interval=60.0, cleaner="inline"
+        )
         handle.park()  # ... and the holder does not come back
         # Nothing else happens in the pool: only the waiter's own wake at the grace's
         # end hands it over (else it would wait for its 10 s timeout).
@@ -196,11 +202,7 @@ class ParkedHandoverTests(PoolTestCase):
         handle.close()
 
     def test_a_waiter_at_its_deadline_takes_a_connection_in_its_grace(self):
-        pool = self.make_pool(max_size=1)
-        pool._park_grace = pool._starving_after = 60.0
-        handle = pool.checkout()
-        pid = backend_pid(handle)
-        thread, result = self.waiting_checkout(pool, timeout=0.3)
+        pool, handle, pid, thread, result = self.holder_and_waiter(waiter_timeout=0.3)
         handle.park()  # idle, reserved for 60 s: better than a PoolTimeout
         thread.join(10)
         self.assertEqual(result, [pid])
@@ -208,10 +210,7 @@ class ParkedHandoverTests(PoolTestCase):
         handle.close()
 
     def test_a_full_queue_takes_a_connection_in_its_grace_rather_than_refuse(self):
-        pool = self.make_pool(max_size=1, max_waiting=1)
-        pool._park_grace = pool._starving_after = 60.0
-        handle = pool.checkout()
-        thread, result = self.waiting_checkout(pool, timeout=10)
+        pool, handle, _, thread, result = self.holder_and_waiter(10, max_waiting=1)
         handle.park()
         other = pool.checkout()  # the queue is full, but a connection is idle
         self.assertEqual(pool.get_stats()[S.REQUESTS_REFUSED], 0)
@@ -222,11 +221,7 @@ class ParkedHandoverTests(PoolTestCase):
         handle.close()
 
     def test_giving_up_the_right_to_resume_ends_the_grace(self):
-        pool = self.make_pool(max_size=1)
-        pool._park_grace = pool._starving_after = 60.0
-        handle = pool.checkout()
-        pid = backend_pid(handle)
-        thread, result = self.waiting_checkout(pool, timeout=10)
+        _, handle, pid, thread, result = self.holder_and_waiter(waiter_timeout=10)
         handle.park()
         handle.close()  # Django's close() of a parked wrapper: no comeback
         wait_until(lambda: result, timeout=2, what="the connection, handed over at once")
@@ -276,11 +271,7 @@ class ParkedHandoverTests(PoolTestCase):
         second.close()
 
     def test_a_waiter_past_the_starvation_bound_gets_the_next_park_at_once(self):
-        pool = self.make_pool(max_size=1)
-        pool._park_grace, pool._starving_after = 60.0, 0.05
-        handle = pool.checkout()
-        pid = backend_pid(handle)
-        thread, result = self.waiting_checkout(pool, timeout=5)
+        _, handle, pid, thread, result = self.holder_and_waiter(5, starving_after=0.05)
         time.sleep(0.06)  # the waiter is past the bound (the sleep only makes time pass)
         handle.park()
         thread.join(10)
