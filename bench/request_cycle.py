@@ -18,9 +18,9 @@ and times the request cycle ``request_started`` -> ``connections["default"].curs
    having its own budget in workload 3) and pooled_always (reset='always'). Median
    requests/s per contender; pooled/persistent and pooled/unpooled.
 2. N threads (32): persistent (a session per thread) vs pooled with max_size=8 (defaults,
-   and tracking='off'); requests/s
-   and the most server sessions each used, sampled from pg_stat_activity by
-   application_name on a separate psycopg2 connection.
+   and tracking='off'); requests/s, the most server sessions each used, sampled from
+   pg_stat_activity by application_name on a separate psycopg2 connection, and fairness:
+   the requests of the slowest and the fastest thread in the least even round.
 3. Tracking (one thread, pooled, reset='auto'): tracking='off' vs 'counters' vs 'stacks'
    (the default), 20 rounds x 0.5 s, levels in a rotated order each round, on three requests:
    "cycle" (above); "orm": three Category.objects.get(pk=) and one
@@ -846,9 +846,17 @@ def run(args: argparse.Namespace, url: str) -> int:
             )
     if "threads" in args.sections:
         print(f"\nWorkload 2: {args.threads} threads (median of rounds)")
-        print(f"  {'contender':<15}{'req/s':>10}{'max server sessions':>22}")
+        print(
+            f"  {'contender':<15}{'req/s':>10}{'max server sessions':>22}"
+            f"{'slowest/fastest thread':>25}"
+        )
         for alias in THREADED:
-            print(f"  {alias:<15}{t_median[alias]:>10,.0f}{sessions[alias]:>22}")
+            # Fairness: the requests of the slowest and the fastest thread in one round
+            # (the pool lets a thread keep a parked connection for a while: see PARK_GRACE).
+            worst = min(threaded[alias], key=lambda r: r["min_thread"] / max(1, r["max_thread"]))
+            share = worst["min_thread"] / max(1, worst["max_thread"])
+            spread = f"{worst['min_thread']}/{worst['max_thread']} ({share:.2f})"
+            print(f"  {alias:<15}{t_median[alias]:>10,.0f}{sessions[alias]:>22}{spread:>25}")
         queued = t_pool_stats.get("requests_queued", 0)
         print(
             f"  pooled8 waits: {queued} queued of "
