@@ -331,16 +331,14 @@ class ConnectionPool:
                     self._waiters.remove(waiter)
                     self._wake_oldest()
                 return
-            if grant is _OPEN_NEW:
-                self._size -= 1
-                if self._waiters and self._size < self.config.max_size:
-                    self._hand_to_waiter(_OPEN_NEW)
-                return
-            if isinstance(grant, ConnectionRecord) and self._offer(grant, None, time.monotonic()):
-                closed = grant
-            else:
-                return
-        self._discard(closed, stats.CONNECTIONS_CLOSED)
+            if isinstance(grant, ConnectionRecord):
+                if not self._offer(grant, None, time.monotonic()):
+                    return
+                # (else the pool closed meanwhile: close the connection below)
+        if grant is _OPEN_NEW:
+            self._release_slot()
+        elif isinstance(grant, ConnectionRecord):
+            self._discard(grant, stats.CONNECTIONS_CLOSED)
 
     def _timeout_message(self, waited: float) -> str:
         now = time.monotonic()
