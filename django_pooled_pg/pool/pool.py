@@ -58,8 +58,10 @@ _OPEN_NEW = _OpenNew()
 PARK_GRACE = 0.005
 #: ...unless the oldest waiter has waited this long: then every return goes to it at once,
 #: so that holders who keep coming back within the grace cannot starve the queue. (Go's
-#: sync.Mutex makes the same trade, switching to handoffs after a 1 ms wait.)
-STARVING_AFTER = 0.05
+#: sync.Mutex makes the same trade, switching to handoffs after a 1 ms wait.) It bounds the
+#: tail of a saturated pool's waits; 5 and 10 ms gave back most of the throughput gained,
+#: 20 and 50 ms kept it, 20 ms with threads more even (bench/request_cycle.py --only threads).
+STARVING_AFTER = 0.02
 
 
 class _Waiter:
