@@ -135,7 +135,7 @@ class SizingTests(PoolTestCase):
 class ParkedHandoverTests(PoolTestCase):
     """While others wait, a parked connection stays with its holder for a grace period
     (its next request takes it back without a handoff), then goes to the oldest waiter;
-    and at once when that waiter has waited too long (pool.PARK_GRACE, STARVING_AFTER)."""
+    and at once when that waiter has waited too long (pool.PARK_GRACE, handoff_after)."""
 
     def waiting_checkout(self, pool, timeout, hold=None):
         """A thread that checks out (with ``timeout``) and returns at once, or when
@@ -161,12 +161,12 @@ class ParkedHandoverTests(PoolTestCase):
         return thread, result
 
     def holder_and_waiter(
-        self, waiter_timeout, grace=60.0, starving_after=60.0, reclaim_interval=0.5, **options
+        self, waiter_timeout, grace=60.0, handoff_after=60.0, reclaim_interval=0.5, **options
     ):
         """A pool of one connection, leased, and a thread waiting for it:
         (pool, the holder's handle, its backend pid, the waiter thread, its result)."""
-        pool = self.make_pool(max_size=1, **options)
-        pool._park_grace, pool._starving_after = grace, starving_after
+        pool = self.make_pool(max_size=1, handoff_after=handoff_after, **options)
+        pool._park_grace = grace
         pool._reclaim_interval = reclaim_interval  # the waiter's other reason to wake
         handle = pool.checkout()
         pid = backend_pid(handle)
@@ -250,8 +250,8 @@ class ParkedHandoverTests(PoolTestCase):
         again.close()
 
     def test_the_next_oldest_waiter_is_woken_to_watch_parked_connections(self):
-        pool = self.make_pool(max_size=2, cleaner="inline")
-        pool._park_grace, pool._starving_after = 0.05, 60.0
+        pool = self.make_pool(max_size=2, cleaner="inline", handoff_after=60.0)
+        pool._park_grace = 0.05
         pool._reclaim_interval = 60.0
         first, second = pool.checkout(), pool.checkout()
         second_pid = backend_pid(second)
@@ -271,16 +271,23 @@ class ParkedHandoverTests(PoolTestCase):
         second.close()
 
     def test_a_waiter_past_the_starvation_bound_gets_the_next_park_at_once(self):
-        _, handle, pid, thread, result = self.holder_and_waiter(5, starving_after=0.05)
+        _, handle, pid, thread, result = self.holder_and_waiter(5, handoff_after=0.05)
         time.sleep(0.06)  # the waiter is past the bound (the sleep only makes time pass)
         handle.park()
         thread.join(10)
         self.assertEqual(result, [pid], "handed over at the park, without the 60 s grace")
         handle.close()
 
+    def test_handoff_after_0_hands_every_park_to_the_waiter_at_once(self):
+        _, handle, pid, thread, result = self.holder_and_waiter(5, handoff_after=0)
+        handle.park()  # first come, first served: the 60 s grace does not apply
+        thread.join(10)
+        self.assertEqual(result, [pid])
+        handle.close()
+
     def test_no_connection_has_two_holders_with_handovers_under_load(self):
-        pool = self.make_pool(max_size=3, timeout=30)
-        pool._park_grace, pool._starving_after = 0.001, 0.01  # many handovers of each kind
+        pool = self.make_pool(max_size=3, timeout=30, handoff_after=0.01)
+        pool._park_grace = 0.001  # many handovers of each kind
         holders = {}
         errors = []
         guard = threading.Lock()
@@ -426,6 +433,8 @@ class ConfigTests(PoolTestCase):
             ({"min_size": 5, "max_size": 2}, "min_size (5) must not be greater than max_size (2)"),
             ({"timeout": -1}, "timeout must be a number of seconds > 0"),
             ({"max_idle": -5}, "max_idle must be a number of seconds >= 0, not -5"),
+            ({"handoff_after": -1}, "handoff_after must be a number of seconds >= 0, not -1"),
+            ({"handoff_after": None}, "handoff_after must be a number of seconds, not None"),
             ({"max_size": "10"}, "max_size must be an integer, not '10'"),
             ({"max_size": True}, "max_size must be an integer, not True"),
             ({"cleaner": "cron"}, "cleaner must be one of 'thread', 'inline', not 'cron'"),

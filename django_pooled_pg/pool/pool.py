@@ -56,12 +56,13 @@ _OPEN_NEW = _OpenNew()
 #: 32 threads on 8 connections, tracking off, went from 0.79x to 0.98x persistent's
 #: throughput with client and server on one CPU, and from 0.56x to 0.71x with --pin none.)
 PARK_GRACE = 0.005
-#: ...unless the oldest waiter has waited this long: then every return goes to it at once,
-#: so that holders who keep coming back within the grace cannot starve the queue. (Go's
-#: sync.Mutex makes the same trade, switching to handoffs after a 1 ms wait.) It bounds the
-#: tail of a saturated pool's waits; 5 and 10 ms gave back most of the throughput gained,
-#: 20 and 50 ms kept it, 20 ms with threads more even (bench/request_cycle.py --only threads).
-STARVING_AFTER = 0.02
+# ...unless the oldest waiter has waited the handoff_after option (50 ms by default): then
+# every return goes to it at once, so that holders who keep coming back within the grace
+# cannot starve the queue. (Go's sync.Mutex makes the same trade, switching to handoffs
+# after a 1 ms wait.) It bounds the tail of a saturated pool's waits. Measured with
+# bench/request_cycle.py --only threads: 5 and 10 ms gave back most of the throughput
+# gained; 20 and 50 ms kept it with client and server on one CPU, 50 ms did better on two
+# (0.68-0.83x against 0.60-0.68x) and 20 ms spread the waits more evenly.
 
 
 class _Waiter:
@@ -144,7 +145,7 @@ class ConnectionPool:
         self._park_grace = PARK_GRACE
         #: how often a waiter wakes to recover connections leaked by dead threads
         self._reclaim_interval = 0.5
-        self._starving_after = STARVING_AFTER
+        self._starving_after = self.config.handoff_after
         self._closed = False
         #: idle connections last used before this instant are pinged before a checkout
         self._suspect_before = 0.0
@@ -651,7 +652,7 @@ class ConnectionPool:
         ``park_for``, if given). Lock held. True: the pool is closed, the caller closes it.
 
         A parked connection goes to a waiter only after PARK_GRACE, unless the oldest has
-        waited STARVING_AFTER already: its holder will most likely take it back sooner.
+        waited handoff_after already: its holder will most likely take it back sooner.
         """
         if self._closed:
             return True
