@@ -5,6 +5,7 @@
                                   [--pin same|split|none] [--profile]
                                   [--only cycle|threads|tracking ...]
                                   [--tracking-rounds 20] [--tracking-seconds 0.5]
+                                  [--handoff-after SECONDS]
 
 Starts a throwaway PostgreSQL cluster (or uses $DATABASE_URL), configures Django in-process
 and times the request cycle ``request_started`` -> ``connections["default"].cursor()``:
@@ -616,6 +617,10 @@ def main() -> int:
     )  # fmt: skip
     parser.add_argument("--profile", action="store_true", help="also cProfile the pooled cycle")
     parser.add_argument(
+        "--handoff-after", type=float, metavar="SECONDS",
+        help="the pool option handoff_after for workload 2 (default: the option's default)",
+    )  # fmt: skip
+    parser.add_argument(
         "--only", action="append", choices=SECTIONS, metavar="{" + ",".join(SECTIONS) + "}",
         help="run only this workload: 1 cycle, 2 threads, 3 tracking (repeatable; default all)",
     )  # fmt: skip
@@ -662,6 +667,10 @@ def main() -> int:
 def run(args: argparse.Namespace, url: str) -> int:
     started = time.monotonic()
     configure_django(url)
+    if args.handoff_after is not None:
+        for alias in THREADED:
+            if "pool" in CONTENDERS[alias]["OPTIONS"]:
+                CONTENDERS[alias]["OPTIONS"]["pool"]["handoff_after"] = args.handoff_after
     import django
     import psycopg2
     from django.db import connections
@@ -810,6 +819,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         results["threaded"] = {
             "threads": args.threads,
             "pooled_max_size": POOLED_MAX,
+            "handoff_after": args.handoff_after,  # None: the option's default
             **{
                 alias: {
                     "median_rps": t_median[alias],
