@@ -298,16 +298,13 @@ class ConnectionPool:
                 if waiter.grant is not None:
                     break
                 timed_out = remaining <= 0
-                if timed_out and self._idle:  # in its grace: better than a timeout
-                    self._waiters.remove(waiter)
-                    self._wake_oldest()
-                    record = self._idle.popleft()
-                    record.parked_for = None
-                    waiter.grant = record
-                    break
                 if timed_out:
                     self._waiters.remove(waiter)
                     self._wake_oldest()
+                    if self._idle:  # one in its grace: better than a timeout
+                        waiter.grant = record = self._idle.popleft()
+                        record.parked_for = None
+                        break
                     self._stats[stats.REQUESTS_TIMEOUTS] += 1
                     self._stats[stats.REQUESTS_WAIT_MS] += int(1000 * (now - started))
                 else:
