@@ -194,6 +194,21 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             and cached[0] == self._settings_fingerprint()
         )
 
+    def _parked_lease_is_current(self) -> bool:
+        """At a request's start, whether a parked lease may go on: its pool open and the
+        pool options unchanged (conf.generation), not forked since.
+
+        Cheaper than _lease_target_is_current(), which every new lease checks: the
+        connection parameters are not compared again. Like Django's own persistent
+        connections, a lease goes on with the parameters it was opened with until
+        close(); Django's test runner closes before it renames a database, and
+        override_settings(DATABASES=...) closes the pools.
+        """
+        if not _FORK_MARK[0]:
+            forks.detected()  # (closes the inherited pools, bumps conf.generation)
+        cached = self._cached_lease_target
+        return cached is not None and not cached[2]._closed and cached[0][7] == conf.generation
+
     def get_pool(
         self, conn_params: dict[str, Any] | None = None, config: PoolConfig | None = None
     ) -> ConnectionPool:
@@ -235,9 +250,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         """
         handle = self.connection
         if isinstance(handle, ConnectionHandle) and self.settings_dict["CONN_MAX_AGE"] == 0:
-            if handle.parked:
-                if not self._lease_target_is_current():
-                    self.close()  # settings changed or the pool closed: lease anew
+            if handle._parked:
+                if not self._parked_lease_is_current():
+                    self.close()  # options changed or the pool closed: lease anew
                 return
             if (
                 self.autocommit
@@ -249,7 +264,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 # connection_created's set-up must run again (Django's close() below).
                 and handle.park_if_unchanged()
             ):
-                self.run_on_commit = []
+                if self.run_on_commit:  # (as close() leaves it)
+                    self.run_on_commit = []
                 return
         super().close_if_unusable_or_obsolete()
 

@@ -20,7 +20,14 @@ from django_pooled_pg.pool import (
 )
 from django_pooled_pg.pool import stats as S
 
-from .helpers import PoolTestCase, query, run_engine_code, server_params, wait_until
+from .helpers import (
+    PoolTestCase,
+    admin_connection,
+    query,
+    run_engine_code,
+    server_params,
+    wait_until,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -321,6 +328,107 @@ class ParkedHandoverTests(PoolTestCase):
         stats = pool.get_stats()
         self.assertGreater(stats[S.REQUESTS_QUEUED], 0, "the threads did wait")
         self.assertEqual(stats[S.POOL_SIZE], 3)
+
+
+class AtRestTests(PoolTestCase):
+    """park()'s fast path: a clean lease rests in a dict by handle, outside the lock; its
+    holder takes it back with one atomic pop, and everyone else (checkouts, waiters, the
+    cleaner, close()) moves it to the idle deque first (_wake_resting())."""
+
+    def parked(self, **options):
+        pool = self.make_pool(**options)
+        handle = pool.checkout()
+        pid = backend_pid(handle)
+        pool.run_maintenance()  # (else an inline cleaner's park runs it, the general way)
+        handle.park()
+        self.assertIs(pool._resting.get(handle), handle.record, "at rest")
+        return pool, handle, pid
+
+    def test_the_holder_takes_it_back_without_the_pool_lock_and_it_is_counted(self):
+        pool, handle, pid = self.parked()
+        self.assertEqual(pool.get_stats()[S.POOL_AVAILABLE], 1)
+        self.assertEqual(pool.get_stats()[S.POOL_LEASED], 0)
+        resumed = []
+        with pool._lock:  # resume() from rest must not need it
+            thread = threading.Thread(target=lambda: resumed.append(backend_pid(handle)))
+            thread.start()
+            thread.join(5)
+            self.assertFalse(thread.is_alive(), "resume() from rest waited for the lock")
+        self.assertEqual(resumed, [pid])
+        stats = pool.pop_stats()
+        self.assertEqual((stats[S.REQUESTS_NUM], stats[S.POOL_LEASED]), (2, 1))
+        self.assertEqual(pool.get_stats()[S.REQUESTS_NUM], 0, "pop_stats() reset the count")
+        handle.park()
+        backend_pid(handle)
+        self.assertEqual(pool.get_stats()[S.REQUESTS_NUM], 1)
+
+    def test_a_checkout_takes_a_connection_at_rest_when_nothing_else_is_idle(self):
+        pool, handle, pid = self.parked(max_size=1)
+        other = pool.checkout(timeout=1)
+        self.assertEqual(backend_pid(other), pid)
+        self.assertEqual(pool.get_stats()[S.REQUESTS_QUEUED], 0, "taken from rest, not waited for")
+        self.assertEqual(pool._resting, {})
+        renewed = []
+        handle.on_new_connection = lambda: renewed.append(True)
+        other.close()
+        self.assertEqual(backend_pid(handle), pid)  # (the only one: max_size=1) ...
+        self.assertEqual(renewed, [True], "... but announced: another lease had it")
+
+    def test_the_cleaner_closes_connections_at_rest_past_max_idle_or_lifetime(self):
+        for change, counter in (
+            (lambda record: setattr(record, "idle_since", record.idle_since - 120),
+             S.CONNECTIONS_IDLE_CLOSED),
+            (lambda record: setattr(record, "expires_at", 0), S.CONNECTIONS_EXPIRED),
+        ):  # fmt: skip
+            with self.subTest(counter):
+                pool, handle, pid = self.parked(max_idle=60, cleaner="inline")
+                pool.run_maintenance()
+                self.assertIn(handle, pool._resting, "not due: it stays at rest")
+                change(handle.record)
+                pool.run_maintenance()
+                self.assertEqual(pool.get_stats()[counter], 1)
+                self.assertEqual((pool._resting, len(pool._idle)), ({}, 0))
+                self.assertNotEqual(backend_pid(handle), pid, "a new connection")
+                handle.close()
+
+    def test_close_hangs_up_connections_at_rest(self):
+        pool, handle, pid = self.parked()
+        admin = admin_connection()
+        self.addCleanup(admin.close)
+        pool.close()
+        self.assertEqual(pool._resting, {})
+        wait_until(
+            lambda: not query(admin, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid]),
+            what="the session at rest to end",
+        )
+
+    def test_giving_up_the_right_to_resume_makes_it_idle_for_anyone(self):
+        pool, handle, pid = self.parked()
+        handle.close()
+        self.assertEqual(pool._resting, {})
+        self.assertEqual([r.parked_for for r in pool._idle], [None])
+        with self.assertRaises(ConnectionReturned):
+            handle.cursor()
+        other = pool.checkout()
+        self.assertEqual(backend_pid(other), pid)
+        other.close()
+
+    def test_a_killed_backend_at_rest_is_replaced_on_resume(self):
+        pool, handle, pid = self.parked()
+        admin = admin_connection()
+        self.addCleanup(admin.close)
+        query(admin, "SELECT pg_terminate_backend(%s)", [pid])
+        wait_until(lambda: handle.record.poller.poll(0), what="the FATAL on the socket")
+        self.assertNotEqual(backend_pid(handle), pid)
+        self.assertEqual(pool.get_stats()[S.CONNECTIONS_LOST], 1)
+        handle.close()
+
+    def test_as_table_lists_a_connection_at_rest_as_idle(self):
+        pool, handle, pid = self.parked(tracking="stacks")
+        (row,) = pool.snapshot()
+        self.assertEqual(
+            (row["backend_pid"], row["state"], row["thread"]), (pid, "idle in pool", None)
+        )
 
 
 class LifetimeTests(PoolTestCase):

@@ -125,12 +125,12 @@ class ConnectionHandle:
     def can_park(self) -> bool:
         """Whether parking would hand back this very session: the lease changed nothing
         and the pool does not reset every session on return."""
-        return not self._record.dirty and self._pool.config.reset != "always"
+        return not self._record.dirty and not self._pool.resets_always
 
     def park_if_unchanged(self) -> bool:
         """park() if can_park (the end of every request); True if parked."""
-        if self._conn is None or not self.can_park:
-            return False
+        if self._conn is None or self._record.dirty or self._pool.resets_always:
+            return False  # (not can_park, spelled out)
         return self._pool.park(self)  # (False when a fork(2) ended the lease meanwhile)
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import collections
 import gc
+import itertools
 import logging
 import math
 import os
@@ -13,6 +14,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from operator import attrgetter
 from threading import current_thread
 from typing import Any
 
@@ -23,7 +25,7 @@ from . import cleaner, forks, stats
 from .config import PoolConfig
 from .errors import PoolClosed, PoolTimeout, TooManyRequests
 from .forks import MARK as _FORK_MARK
-from .handles import ConnectionHandle, forwarding_class
+from .handles import ConnectionHandle, _lease_numbers, forwarding_class
 from .prepared import PreparedTargets, PrepareTarget
 from .record import ConnectionRecord
 from .session import DEALLOCATE_SQL, RESET_SQL
@@ -47,6 +49,8 @@ class _OpenNew:
 
 
 _OPEN_NEW = _OpenNew()
+
+_IDLE_SINCE = attrgetter("idle_since")
 
 #: While requests wait for a connection, a parked one (a Django thread between requests)
 #: stays reserved this long for its holder, whose next request takes it back without
@@ -120,6 +124,10 @@ class ConnectionPool:
         #: None when tracking is off: the query path then skips timing altogether
         self.tracker = Tracker(name, self.config) if self.config.tracking != "off" else None
         self._inline_cleaner = self.config.cleaner == "inline"
+        # Options read on every park and resume, kept as attributes (one lookup, not two).
+        self._max_uses = self.config.max_uses
+        self._ping_after = self.config.ping_after
+        self.resets_always = self.config.reset == "always"
         #: options under which every return needs _return()'s general path
         self._slow_return = (
             self.config.reset == "always"
@@ -138,6 +146,12 @@ class ConnectionPool:
         self._lock = threading.Lock()
         self._idle: collections.deque[ConnectionRecord] = collections.deque()  # LIFO on the right
         self._leased: set[ConnectionRecord] = set()
+        #: connections at rest: parked by park()'s fast path, by handle (see park())
+        self._resting: dict[ConnectionHandle, ConnectionRecord] = {}
+        #: leases resumed from rest, counted without the lock (see _count_resumed())
+        self._resumed = itertools.count()
+        self._resumed_reads = 0
+        self._resumed_popped = 0
         self._waiters: collections.deque[_Waiter] = collections.deque()
         #: records whose handle was garbage-collected while leased, waiting to be recovered
         self._leaked: collections.deque[ConnectionRecord] = collections.deque()
@@ -164,10 +178,49 @@ class ConnectionPool:
     def resume(self, handle: ConnectionHandle) -> bool:
         """Give a parked handle a connection again: its own if still idle (True), else
         another one (False: its session is the baseline, not what the holder left)."""
-        # Taking back one's own connection is every request's first query: this is
-        # _acquire() and _lease() spelled out for that case, with one lock round, minus
-        # what cannot have changed since park() (the record, its handle_ref). The fork
-        # check ran in the handle's _live(), the only caller, before it read its state.
+        # Every request's first query comes here. Back from rest (see park()): one atomic
+        # pop makes the connection this handle's again; nobody else has seen it since.
+        record = self._resting.pop(handle, None)
+        if record is not None:
+            now = time.monotonic()
+            ping_after = self._ping_after
+            # _sound(), spelled out. The socket check: a killed backend or a server
+            # shutdown has written its FATAL by now (a registered poll object's poll():
+            # one system call).
+            if (
+                not record.poller.poll(0)
+                and now < record.expires_at
+                and record.idle_since >= self._suspect_before
+                and (ping_after is None or now - record.idle_since < ping_after)
+                and not record.conn.closed
+            ):
+                # record.start_lease(), minus what park() left as it is (the flags: the
+                # lease changed nothing; the stacks: cleared) and query_ended (older
+                # than leased_at, so ignored).
+                record.holder = current_thread()
+                record.uses += 1
+                record.leased_at = now
+                record.release_pending = False
+                if self.tracker is not None:
+                    record.leak_warned = record.idle_tx_warned = False
+                self._leased.add(record)
+                next(self._resumed)
+                handle._conn = record.conn  # handle._bind(), spelled out
+                handle._lease = next(_lease_numbers)
+                handle._parked = False
+                if self._track_stacks:
+                    record.lease_stack = capture(4)  # as below
+                return True
+            if self._usable(record):  # the full check: may ping, or discard it
+                self._lease(record, handle)
+                return True
+            self._lease(self._acquire(None), handle)
+            return False
+        # Parked the slow way, or moved from rest to the idle deque since: this is
+        # _acquire() and _lease() spelled out for taking back one's own connection, with
+        # one lock round, minus what cannot have changed since park() (the record, its
+        # handle_ref). The fork check ran in the handle's _live(), the only caller, before
+        # it read its state.
         record = handle._record
         now = time.monotonic()
         holder = current_thread()
@@ -234,6 +287,8 @@ class ConnectionPool:
                 if self._closed:
                     raise PoolClosed(f"pool {self.name!r} is closed")
                 waiters = self._waiters
+                if self._resting and (waiters or not self._idle):
+                    self._wake_resting()  # nothing else idle: those at rest may be taken
                 if waiters and self._idle:
                     self._hand_over_parked(now)
                 max_waiting = self.config.max_waiting
@@ -293,6 +348,8 @@ class ConnectionPool:
                     if not woken:  # released after the timeout: take it, to re-arm
                         waiter.lock.acquire()
                     waiter.signalled = False
+                if self._resting:
+                    self._wake_resting()  # (parked as this waiter queued: see park())
                 if self._idle and self._waiters:
                     self._hand_over_parked(now)  # (to this waiter, if it is the oldest)
                 if waiter.grant is not None:
@@ -488,6 +545,14 @@ class ConnectionPool:
         if handle._conn is None:
             if handle._parked:  # already checked in: only give up the right to resume
                 handle._end(parked=False)
+                if self._resting.pop(handle, None) is record:
+                    with self._lock:
+                        closed = self._offer(record, None, time.monotonic())
+                        if not closed and len(self._idle) > 1:  # (keep idle_since order)
+                            self._idle = collections.deque(sorted(self._idle, key=_IDLE_SINCE))
+                    if closed:
+                        self._discard(record, stats.CONNECTIONS_CLOSED)
+                    return
                 with self._lock:
                     if record.parked_for is handle:
                         record.parked_for = None
@@ -501,19 +566,27 @@ class ConnectionPool:
 
     def park(self, handle: ConnectionHandle) -> bool:
         """Check the connection in like checkin(), but let ``handle`` resume it later.
-        False if there was nothing to park (the lease had ended, or a fork ended it)."""
+        False if there was nothing to park (the lease had ended, or a fork ended it).
+
+        Every request of a Django thread ends here and the next one resumes, so the common
+        case is kept to a few dictionary operations without the pool's lock: the
+        connection is put *at rest*, in a dict by handle, from which either its holder's
+        resume() or any other thread (under the lock, when it needs one: see
+        _wake_resting()) takes it with one atomic pop. Whoever pops it owns it.
+        """
         if not _FORK_MARK[0]:
             forks.detected()  # in a child of fork(2), the hooks end a lease of the parent
         record = handle._record
         conn = handle._conn
         if conn is None:
             return False
-        handle._end(parked=True)
-        # record.handle_ref stays: the handle is alive as long as it may resume (parked_for
-        # holds it), and the leak callback ignores a record that is not leased.
-        # Every request of a Django thread ends here: when the lease provably left the
-        # session as it found it, skip _return()'s general checks. (Notifies need a
-        # LISTEN: dirty.)
+        handle._conn = None  # handle._end(parked=True), spelled out
+        handle._lease = -1
+        handle._parked = True
+        # record.handle_ref stays: the handle is alive as long as it may resume (the rest
+        # dict or parked_for holds it), and the leak callback ignores a record that is not
+        # leased. When the lease provably left the session as it found it, skip
+        # _return()'s general checks. (Notifies need a LISTEN: dirty.)
         now = time.monotonic()
         if (
             record.dirty
@@ -523,12 +596,44 @@ class ConnectionPool:
             or conn.get_transaction_status() != _STATUS_IDLE
             or conn.notices
             or now >= record.expires_at
-            or (self.config.max_uses and record.uses >= self.config.max_uses)
+            or (self._max_uses and record.uses >= self._max_uses)
         ):
             self._return(record, park_for=handle)
+        elif (
+            self._waiters
+            or self._closed
+            or (self._inline_cleaner and now >= self._next_maintenance)
+        ):
+            self._put_back(record, now, handle)  # the grace and handoff rules, or cleanup
         else:
-            self._put_back(record, now, handle)
+            record.holder = None
+            if self.tracker is not None:
+                record.lease_stack = record.cursor_stack = record.execute_stack = ()
+            record.idle_since = now
+            self._leased.discard(record)
+            resting = self._resting
+            resting[handle] = record
+            # A waiter that queued, or a close(), since the check above may have missed
+            # it: take it back (if nobody did) and go the general way.
+            if (self._waiters or self._closed) and resting.pop(handle, None) is record:
+                self._put_back(record, now, handle)
         return True
+
+    def _wake_resting(self, due: Callable[[ConnectionRecord], bool] | None = None) -> None:
+        """Move connections at rest (all, or those ``due``) to the idle deque, parked for
+        their holders as the general path leaves them, for the waiters, the cleaner and
+        checkouts that find nothing else idle. Lock held."""
+        resting = self._resting
+        moved = False
+        for handle, record in list(resting.items()):
+            if due is not None and not due(record):
+                continue
+            if resting.pop(handle, None) is record:  # (else its holder took it back)
+                record.parked_for = handle
+                self._idle.append(record)
+                moved = True
+        if moved:  # the deque stays ordered by idle_since: the grace rules read its left end
+            self._idle = collections.deque(sorted(self._idle, key=_IDLE_SINCE))
 
     def _return(self, record: ConnectionRecord, park_for: ConnectionHandle | None = None) -> None:
         if self._pid != os.getpid():
@@ -740,10 +845,8 @@ class ConnectionPool:
     def _reclaim_from_dead_threads(self) -> None:
         """If a holder thread has died, collect garbage so its lost handles come back."""
         with self._lock:
-            dead = any(
-                record.holder is not None and not record.holder.is_alive()
-                for record in self._leased
-            )
+            leased = list(self._leased)  # (resume() adds to it without the lock)
+        dead = any(record.holder is not None and not record.holder.is_alive() for record in leased)
         now = time.monotonic()
         if dead and now - self._last_gc > 1.0:
             self._last_gc = now
@@ -767,6 +870,10 @@ class ConnectionPool:
         reap: list[tuple[ConnectionRecord, str]] = []
         config = self.config
         with self._lock:
+            if self._resting:
+                # Those at rest that the rules below may close (their holders come back
+                # to the slow path once); the rest stay, to keep the fast path.
+                self._wake_resting(lambda record: self._due_for_cleanup(record, now))
             surplus = self._size - config.min_size
             keep: collections.deque[ConnectionRecord] = collections.deque()
             for record in self._idle:  # oldest idle first
@@ -793,6 +900,15 @@ class ConnectionPool:
         if self._inline_cleaner:  # no cleaner thread to run the listeners
             cleaner.run_listeners()
 
+    def _due_for_cleanup(self, record: ConnectionRecord, now: float) -> bool:
+        """Whether run_maintenance() may close this idle connection, or resume() ping it."""
+        config = self.config
+        return (
+            now >= record.expires_at
+            or (config.max_idle is not None and now - record.idle_since >= config.max_idle)
+            or (config.ping_after is not None and now - record.idle_since >= config.ping_after)
+        )
+
     def _refill(self) -> None:
         while True:
             with self._lock:
@@ -817,6 +933,7 @@ class ConnectionPool:
         forks.check()  # in a child of fork(2), forget the parent's connections, never close them
         with self._lock:
             self._closed = True
+            self._wake_resting()
             # Idle connections, and leaked ones whose holder is gone: nobody will return them.
             idle = [*self._idle, *self._leaked]
             self._idle, self._leaked = collections.deque(), collections.deque()
@@ -845,7 +962,12 @@ class ConnectionPool:
         their next use leases a connection of the child's own (resume() finds the record
         no longer parked for them), as it would after another thread took theirs.
         """
-        records: Iterable[ConnectionRecord] = (*self._idle, *self._leased, *self._leaked)
+        records: Iterable[ConnectionRecord] = (
+            *self._idle,
+            *self._resting.values(),
+            *self._leased,
+            *self._leaked,
+        )
         for record in records:
             handle = record.handle_ref() if record.handle_ref is not None else None
             if handle is not None and not handle._parked:
@@ -862,15 +984,27 @@ class ConnectionPool:
         """Counters since the last pop_stats(), plus the current sizes."""
         with self._lock:
             values = {name: self._stats[name] for name in stats.COUNTERS}
+            values[stats.REQUESTS_NUM] += self._count_resumed() - self._resumed_popped
             values.update(self._gauges())
         return values
 
     def pop_stats(self) -> dict[str, int]:
         with self._lock:
             values = {name: self._stats[name] for name in stats.COUNTERS}
+            resumed = self._count_resumed()
+            values[stats.REQUESTS_NUM] += resumed - self._resumed_popped
+            self._resumed_popped = resumed
             values.update(self._gauges())
             self._stats = dict.fromkeys(stats.COUNTERS, 0)
         return values
+
+    def _count_resumed(self) -> int:
+        """How many leases resume() took back from rest, ever (lock held). They count
+        with next() on an itertools.count, which is atomic, instead of under the lock;
+        reading takes a next() too, so the reads are counted off."""
+        value = next(self._resumed) - self._resumed_reads
+        self._resumed_reads += 1
+        return value
 
     def _gauges(self) -> dict[str, int]:
         queries = self.tracker.queries if self.tracker is not None else None
@@ -880,7 +1014,7 @@ class ConnectionPool:
             stats.POOL_MIN: self.config.min_size,
             stats.POOL_MAX: self.config.max_size,
             stats.POOL_SIZE: self._size,
-            stats.POOL_AVAILABLE: len(self._idle),
+            stats.POOL_AVAILABLE: len(self._idle) + len(self._resting),
             stats.POOL_LEASED: len(self._leased),
             stats.REQUESTS_WAITING: len(self._waiters),
         }
@@ -890,7 +1024,7 @@ class ConnectionPool:
         now = time.monotonic()
         with self._lock:
             leased = sorted(self._leased, key=lambda record: record.leased_at)
-            idle = list(reversed(self._idle))
+            idle = sorted([*self._idle, *self._resting.values()], key=_IDLE_SINCE, reverse=True)
         if self.tracker is None:
             raise RuntimeError(f"pool {self.name!r} has tracking='off': nothing to show")
         return [self.tracker.describe(r, True, now) for r in leased] + [
@@ -951,7 +1085,8 @@ class ConnectionPool:
 
     def __repr__(self) -> str:
         return (
-            f"<ConnectionPool {self.name!r} size={self._size} idle={len(self._idle)} "
+            f"<ConnectionPool {self.name!r} size={self._size} "
+            f"idle={len(self._idle) + len(self._resting)} "
             f"leased={len(self._leased)} max_size={self.config.max_size}>"
         )
 
