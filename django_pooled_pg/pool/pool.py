@@ -130,9 +130,7 @@ class ConnectionPool:
         self.resets_always = self.config.reset == "always"
         #: options under which every return needs _return()'s general path
         self._slow_return = (
-            self.config.reset == "always"
-            or self.config.max_lifetime == 0
-            or self.config.max_idle == 0
+            self.resets_always or self.config.max_lifetime == 0 or self.config.max_idle == 0
         )
         #: the statements to run prepared (add_prepare_target()); None when turned off
         self.prepared = PreparedTargets(self.config.max_prepared) if self.config.prepare else None
@@ -548,8 +546,8 @@ class ConnectionPool:
                 if self._resting.pop(handle, None) is record:
                     with self._lock:
                         closed = self._offer(record, None, time.monotonic())
-                        if not closed and len(self._idle) > 1:  # (keep idle_since order)
-                            self._idle = collections.deque(sorted(self._idle, key=_IDLE_SINCE))
+                        if not closed:
+                            self._sort_idle()
                     if closed:
                         self._discard(record, stats.CONNECTIONS_CLOSED)
                     return
@@ -632,7 +630,13 @@ class ConnectionPool:
                 record.parked_for = handle
                 self._idle.append(record)
                 moved = True
-        if moved:  # the deque stays ordered by idle_since: the grace rules read its left end
+        if moved:
+            self._sort_idle()
+
+    def _sort_idle(self) -> None:
+        """Restore the idle deque's idle_since order after records that rested joined it
+        (the grace rules read its left end). Lock held."""
+        if len(self._idle) > 1:
             self._idle = collections.deque(sorted(self._idle, key=_IDLE_SINCE))
 
     def _return(self, record: ConnectionRecord, park_for: ConnectionHandle | None = None) -> None:
@@ -901,12 +905,11 @@ class ConnectionPool:
             cleaner.run_listeners()
 
     def _due_for_cleanup(self, record: ConnectionRecord, now: float) -> bool:
-        """Whether run_maintenance() may close this idle connection, or resume() ping it."""
-        config = self.config
-        return (
-            now >= record.expires_at
-            or (config.max_idle is not None and now - record.idle_since >= config.max_idle)
-            or (config.ping_after is not None and now - record.idle_since >= config.ping_after)
+        """Whether run_maintenance() may close this idle connection (expired, or idle for
+        max_idle). (ping_after needs no move: resume() pings a record at rest itself.)"""
+        max_idle = self.config.max_idle
+        return now >= record.expires_at or (
+            max_idle is not None and now - record.idle_since >= max_idle
         )
 
     def _refill(self) -> None:
