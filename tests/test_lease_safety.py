@@ -1,6 +1,7 @@
 """Contracts 1, 3 and 5 through Django: one holder, no use after return, leaks come back."""
 
 import gc
+import io
 import logging
 import threading
 
@@ -169,8 +170,9 @@ class GuardedMethodTests(PooledAliasTestCase):
 
 
 class ForwardingTests(PoolTestCase):
-    """Handles and cursors forward psycopg2's API (and what factory classes add) without
-    __getattr__, and every forwarded name refuses to work once the lease has ended."""
+    """Handles forward psycopg2's API (and what factory classes add) without __getattr__;
+    cursors are psycopg2 cursors that check their lease. Every name refuses to work once
+    the lease has ended."""
 
     def test_cursor_factory_rows_and_extra_api_are_forwarded_and_die_with_the_lease(self):
         pool = self.make_pool(max_size=1)
@@ -221,3 +223,126 @@ class ForwardingTests(PoolTestCase):
         self.addCleanup(raw.close)
         with self.assertRaises(AttributeError):
             raw.no_such_attribute = 1
+
+
+#: Arguments that psycopg2 would accept, so that only the lease check can refuse the call.
+_CURSOR_CALLS = {
+    "execute": ("SELECT 1",),
+    "executemany": ("SELECT %s", [(1,)]),
+    "callproc": ("now",),
+    "copy_expert": ("COPY (SELECT 1) TO STDOUT", io.StringIO()),
+    "copy_from": (io.StringIO(), "lease_cursor_probe"),
+    "copy_to": (io.StringIO(), "lease_cursor_probe"),
+    "mogrify": ("SELECT %s", [1]),
+    "cast": (23, "1"),
+    "scroll": (0,),
+    "setinputsizes": ([],),
+    "setoutputsize": (1,),
+}
+#: What a cursor of an ended lease may still do: it touches nothing but the cursor object
+#: (``connection`` is the handle, which refuses work itself).
+_LOCAL_CURSOR_NAMES = {"tzinfo_factory", "close", "closed", "connection"}
+
+
+class LeaseCursorTests(PoolTestCase):
+    """Cursors are psycopg2 cursors (a subclass that checks the lease), not wrappers."""
+
+    def _stale_cursor(self, pool, **kwargs):
+        handle = pool.checkout()
+        cursor = handle.cursor(**kwargs)
+        cursor.execute("SELECT 1 AS one")
+        handle.close()
+        return cursor
+
+    def test_every_name_of_psycopg2s_cursor_refuses_after_the_lease_but_the_local_two(self):
+        pool = self.make_pool(max_size=1)
+        public = sorted(n for n in dir(psycopg2.extensions.cursor) if not n.startswith("_"))
+        self.assertIn("fetchone", public)
+        for factory in (None, psycopg2.extras.RealDictCursor, psycopg2.extras.NamedTupleCursor):
+            with self.subTest(cursor_factory=factory):
+                kwargs = {"cursor_factory": factory} if factory else {}
+                cursor = self._stale_cursor(pool, **kwargs)
+                for name in public:
+                    if name in _LOCAL_CURSOR_NAMES:
+                        continue
+                    with self.subTest(name=name), self.assertRaises(ConnectionReturned):
+                        member = getattr(cursor, name)
+                        if callable(member):
+                            member(*_CURSOR_CALLS.get(name, ()))
+                with self.assertRaises(ConnectionReturned):
+                    next(iter(cursor))
+                with self.assertRaises(ConnectionReturned):
+                    cursor.itersize = 10
+                self.assertTrue(cursor.closed)
+                with self.assertRaises(ConnectionReturned):
+                    cursor.connection.cursor()
+                cursor.tzinfo_factory = None  # Django's set-up: local, allowed
+                cursor.close()
+
+    def test_cursor_is_a_psycopg2_cursor_whose_connection_is_the_handle(self):
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        self.addCleanup(handle.close)
+        cursor = handle.cursor()
+        self.assertIsInstance(cursor, psycopg2.extensions.cursor)
+        self.assertIs(cursor.connection, handle)
+        # psycopg2's helpers that take a cursor work on it, through the lease checks.
+        psycopg2.extras.execute_values(
+            cursor, "SELECT sum(a) FROM (VALUES %s) AS v(a)", [(1,), (2,), (3,)]
+        )
+        self.assertEqual(cursor.fetchone(), (6,))
+        self.assertEqual(cursor.query, b"SELECT sum(a) FROM (VALUES (1),(2),(3)) AS v(a)")
+        psycopg2.extensions.register_type(psycopg2.extensions.UNICODE, cursor)
+        dict_cursor = handle.cursor(cursor_factory=psycopg2.extras.DictCursor)
+        dict_cursor.execute("SELECT 1 AS one")
+        self.assertEqual(dict_cursor.fetchone()["one"], 1)
+        self.assertIs(dict_cursor.connection, handle)
+
+    def test_a_connection_factorys_own_cursor_class_is_kept(self):
+        log = io.StringIO()
+        params = {**server_params(), "connection_factory": psycopg2.extras.LoggingConnection}
+        pool = ConnectionPool(
+            params, name="test:logging", max_size=1, configure=lambda c: c.initialize(log)
+        )
+        self.addCleanup(pool.close)
+        handle = pool.checkout()
+        self.addCleanup(handle.close)
+        cursor = handle.cursor()
+        self.assertIsInstance(cursor, psycopg2.extras.LoggingCursor)
+        cursor.execute("SELECT 42")
+        self.assertEqual(cursor.fetchone(), (42,))
+        self.assertIn("SELECT 42", log.getvalue())
+
+    def test_a_connection_factory_that_ignores_cursor_factory_is_refused(self):
+        class Stubborn(psycopg2.extensions.connection):
+            def cursor(self, *args, **kwargs):
+                return super().cursor()
+
+        params = {**server_params(), "connection_factory": Stubborn}
+        pool = ConnectionPool(params, name="test:stubborn", max_size=1)
+        self.addCleanup(pool.close)
+        handle = pool.checkout()
+        self.addCleanup(handle.close)
+        with self.assertRaisesRegex(TypeError, "Stubborn.cursor.. ignored cursor_factory"):
+            handle.cursor()
+
+    def test_closing_a_named_cursor_of_an_ended_lease_sends_nothing(self):
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        handle.autocommit = False
+        named = handle.cursor("stale_named")
+        named.execute("SELECT generate_series(1, 10)")
+        self.assertEqual(named.fetchone(), (1,))
+        handle.close()  # (the reset closes the server-side cursor)
+        # The next holder, in a transaction: a CLOSE sent now would fail it.
+        other = pool.checkout()
+        self.addCleanup(other.close)
+        other.autocommit = False
+        self.assertEqual(query(other, "SELECT 2"), [(2,)])
+        with self.assertRaises(ConnectionReturned):
+            named.fetchone()
+        named.close()
+        self.assertEqual(query(other, "SELECT 3"), [(3,)])
+        self.assertEqual(
+            other.get_transaction_status(), psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+        )

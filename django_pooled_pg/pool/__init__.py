@@ -2,17 +2,17 @@
 
 from .config import PoolConfig
 from .errors import ConnectionReturned, PoolClosed, PoolTimeout, TooManyRequests
-from .handles import ConnectionHandle, PooledCursor
+from .handles import ConnectionHandle, LeaseCursor
 from .pool import ConnectionPool, close_all_pools
 
 __all__ = [
     "ConnectionHandle",
     "ConnectionPool",
     "ConnectionReturned",
+    "LeaseCursor",
     "PoolClosed",
     "PoolConfig",
     "PoolTimeout",
-    "PooledCursor",
     "TooManyRequests",
     "close_all_pools",
 ]

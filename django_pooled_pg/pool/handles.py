@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import inspect
 import itertools
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import psycopg2.extensions
@@ -17,11 +16,15 @@ from .session import _verdicts, may_change_session, may_prepare
 
 if TYPE_CHECKING:
     from .pool import ConnectionPool
-    from .prepared import PreparedTargets
     from .record import ConnectionRecord
-    from .tracker import Tracker
 
-__all__ = ["ConnectionHandle", "PooledCursor", "forwarding_class"]
+__all__ = [
+    "ConnectionHandle",
+    "LeaseCursor",
+    "NamedLeaseCursor",
+    "forwarding_class",
+    "lease_cursor_class",
+]
 
 #: Lease numbers, unique in the process (itertools.count is atomic under the GIL).
 _lease_numbers = itertools.count(1)
@@ -31,6 +34,7 @@ _SESSION_CHANGING_METHODS = frozenset({"set_client_encoding", "tpc_begin", "lobj
 
 
 _PSYCOPG2_CURSOR = psycopg2.extensions.cursor
+_PSYCOPG2_CONNECTION = psycopg2.extensions.connection
 
 #: Forwarded methods that cannot change psycopg2's session characteristics (any other
 #: call makes the return compare them with the baseline: a cheap check, but not free).
@@ -138,25 +142,55 @@ class ConnectionHandle:
         """The pool's record of the physical connection behind this lease."""
         return self._record
 
-    def cursor(self, *args: Any, **kwargs: Any) -> PooledCursor:
+    def cursor(self, *args: Any, **kwargs: Any) -> LeaseCursor:
+        """psycopg2's connection.cursor(name=None, cursor_factory=None, withhold=False,
+        scrollable=None): a LeaseCursor (of the cursor_factory's class, if any)."""
         conn = self._conn
         if conn is None or not _FORK_MARK[0]:
             conn = self._live()
-        if args or kwargs:
-            if args or kwargs.get("name"):
-                # A named cursor is a server-side DECLARE: it can outlive the transaction.
-                self._record.dirty = True
-            raw = conn.cursor(*args, **kwargs)
-        else:
-            raw = conn.cursor()
-        if type(raw) is _PSYCOPG2_CURSOR:
-            cursor = PooledCursor(self, raw)
-        else:  # a cursor_factory's class
-            cursor = forwarding_class(PooledCursor, raw)(self, raw)
+        factory = conn.cursor_factory  # (Django's: psycopg2's own class)
+        if (
+            args
+            or kwargs
+            or (factory is not _PSYCOPG2_CURSOR and factory is not None)
+            or type(conn) is not _PSYCOPG2_CONNECTION
+        ):
+            cursor = self._new_cursor(conn, *args, **kwargs)
+        else:  # Django's cursors
+            cursor = conn.cursor(None, LeaseCursor)
+        # Fixed for the cursor's life: its lease number pins it to one record.
+        cursor._handle = self
+        cursor._lease = self._lease
+        cursor._record = self._record
+        cursor._shown = None
         tracker = self._pool.tracker
         if tracker is not None and tracker.stacks:
             tracker.cursor_taken(self._record)
         return cursor
+
+    def _new_cursor(
+        self,
+        conn: Any,
+        name: str | None = None,
+        cursor_factory: type | None = None,
+        withhold: bool = False,
+        scrollable: bool | None = None,
+    ) -> LeaseCursor:
+        if name:
+            # A named cursor is a server-side DECLARE: it can outlive the transaction.
+            self._record.dirty = True
+        factory = cursor_factory or conn.cursor_factory or _default_cursor_class(conn)
+        cls = lease_cursor_class(factory, named=bool(name))
+        cursor = conn.cursor(
+            name=name, cursor_factory=cls, withhold=withhold, scrollable=scrollable
+        )
+        if not isinstance(cursor, cls):  # a connection_factory's cursor() would not have it
+            cursor.close()
+            raise TypeError(
+                f"{type(conn).__qualname__}.cursor() ignored cursor_factory={cls.__name__}: "
+                f"pooled cursors must be of a class that checks their lease"
+            )
+        return cursor  # type: ignore[no-any-return]
 
     def close(self) -> None:
         """Check the connection back in for good; closing twice is harmless."""
@@ -207,42 +241,52 @@ class ConnectionHandle:
         return f"<ConnectionHandle {state} pid={self._record.backend_pid} pool={self._pool.name!r}>"
 
 
-class PooledCursor:
+class LeaseCursor(_PSYCOPG2_CURSOR):
     """A psycopg2 cursor that refuses work once its lease has ended, and notes statements
     that may change session state so that the return knows whether a full reset is due.
 
-    The rest of psycopg2's cursor API is forwarded by generated methods and properties
-    (see forwarding_class()).
+    A subclass of psycopg2's cursor, not a wrapper around one: Django takes a cursor for
+    every query, and a second Python object with forwarding methods cost about a third of
+    the pool's whole overhead per request (bench/instructions.py). What psycopg2 does in C
+    stays in C; Python runs only where the lease is checked: every method and attribute of
+    psycopg2's cursor API but two that touch nothing beyond the cursor object itself, the
+    ``tzinfo_factory`` that Django sets on each cursor and ``close()`` (a client-side
+    cursor's frees its rows; a named cursor's talks to the server: NamedLeaseCursor).
+
+    ``connection`` is the lease's ConnectionHandle, never the physical connection.
+
+    The implementation each method extends is the class attribute ``_c_<name>``:
+    psycopg2's own here, a cursor_factory's in the classes lease_cursor_class() derives
+    (whose methods then run between the lease check and psycopg2's).
     """
 
-    __slots__ = ("_cursor", "_handle", "_lease", "_record", "_tracker", "_prepared", "_shown")
+    __slots__ = ("_handle", "_lease", "_record", "_shown")
 
-    _cursor: Any
     _handle: ConnectionHandle
     _lease: int
     _record: ConnectionRecord
-    _tracker: Tracker | None
-    _prepared: PreparedTargets | None
+    #: (query, params) of the last execute() when it ran prepared: what ``query`` shows
+    _shown: tuple[Any, Any] | None
 
-    def __init__(self, handle: ConnectionHandle, cursor: Any) -> None:
-        # Fixed for the cursor's life: its lease number pins it to one record.
-        self._handle = handle
-        self._cursor = cursor
-        self._lease = handle._lease
-        self._record = handle._record
-        pool = handle._pool
-        self._tracker = pool.tracker
-        # Named cursors (DECLARE ... FOR) cannot run EXECUTE: they never run prepared.
-        self._prepared = pool.prepared if cursor.name is None else None
-        #: (query, params) of the last execute() when it ran prepared: what ``query`` shows
-        self._shown = None
+    _c_execute = _PSYCOPG2_CURSOR.execute
+    _c_executemany = _PSYCOPG2_CURSOR.executemany
+    _c_callproc = _PSYCOPG2_CURSOR.callproc
+    _c_copy_expert = _PSYCOPG2_CURSOR.copy_expert
+    _c_fetchone = _PSYCOPG2_CURSOR.fetchone
+    _c_fetchmany = _PSYCOPG2_CURSOR.fetchmany
+    _c_fetchall = _PSYCOPG2_CURSOR.fetchall
+    _c_next = _PSYCOPG2_CURSOR.__next__
+    _c_close = _PSYCOPG2_CURSOR.close
 
-    def _live(self) -> Any:
+    def _live(self) -> None:
         if not _FORK_MARK[0]:
-            forks.detected()
-        if self._lease != self._handle._lease:
+            forks.detected()  # a cursor taken before a fork(2): the hooks end its lease
+        try:
+            lease = self._lease
+        except AttributeError:
+            return  # still in a cursor_factory's __init__: not handed out yet
+        if lease != self._handle._lease:
             raise ConnectionReturned(_RETURNED)
-        return self._cursor
 
     def _note(self, query: Any) -> None:
         record = self._record
@@ -263,19 +307,21 @@ class PooledCursor:
     def execute(self, query: Any, vars: Any = None) -> None:
         if not _FORK_MARK[0]:
             forks.detected()  # a cursor taken before a fork(2): the hooks end its lease
-        if self._lease != self._handle._lease:
+        handle = self._handle
+        if self._lease != handle._lease:
             raise ConnectionReturned(_RETURNED)
-        cursor = self._cursor
-        prepared = self._prepared
-        if prepared is not None and vars is not None:
-            plan = prepared.plan_for(query)
-            if plan is not None:
-                record = self._record
-                run = lambda q, a: prepared.execute(cursor, record, plan, q, a)  # noqa: E731
-                self._shown = (query, vars)
-                self._run(run, query, vars, prepared_run=True)
-                return
         record = self._record
+        if vars is not None:
+            prepared = handle._pool.prepared
+            # (Named cursors, DECLARE ... FOR, cannot run EXECUTE: never prepared.)
+            if prepared is not None and _CURSOR_NAME.__get__(self) is None:
+                plan = prepared.plan_for(query)
+                if plan is not None:
+                    plain = super()  # this cursor, without the checks
+                    run = lambda q, a: prepared.execute(plain, record, plan, q, a)  # noqa: E731
+                    self._shown = (query, vars)
+                    self._run(run, query, vars, prepared_run=True)
+                    return
         if (
             record.deallocate  # the fullest reset is due already, or something to look at:
             or type(query) is not str
@@ -283,35 +329,36 @@ class PooledCursor:
             or self._shown is not None
             or record.release_pending
         ):
-            self._run(cursor.execute, query, vars)
+            self._run(self._c_execute, query, vars)
             return
         # The common case, spelled out: a known statement that changes no session state.
-        tracker = self._tracker
+        tracker = handle._pool.tracker
         if tracker is None:
-            cursor.execute(query, vars)
+            self._c_execute(query, vars)
         else:
-            tracker.run(record, cursor.execute, query, vars, cursor)
+            tracker.run(record, self._c_execute, query, vars, self)
 
     def executemany(self, query: Any, vars_list: Any) -> None:
-        self._run(self._live().executemany, query, vars_list)
+        self._live()
+        self._run(self._c_executemany, query, vars_list)
 
     def callproc(self, procname: str, parameters: Any = None) -> Any:
-        cursor = self._live()
-        record = self._handle._record
+        self._live()
+        record = self._record
         record.dirty = record.deallocate = True  # a function can change anything
-        return self._run(cursor.callproc, procname, parameters)
+        return self._run(self._c_callproc, procname, parameters)
 
     def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
-        cursor = self._live()
-        if self._record.release_pending:
-            release_guard(cursor, self._record)
+        self._live()
+        record = self._record
+        if record.release_pending:
+            release_guard(self, record)
         self._note(sql)
-        tracker = self._tracker
+        tracker = self._handle._pool.tracker
         if tracker is None:
-            cursor.copy_expert(sql, file, size)
+            self._c_copy_expert(sql, file, size)
         else:
-            tracker.run(self._record, lambda q, f: cursor.copy_expert(q, f, size),
-                        sql, file, cursor)  # fmt: skip
+            tracker.run(record, lambda q, f: self._c_copy_expert(q, f, size), sql, file, self)
 
     def _run(self, method: Any, query: Any, args: Any, prepared_run: bool = False) -> Any:
         record = self._record
@@ -325,71 +372,156 @@ class PooledCursor:
             if record.release_pending:
                 # The last prepared EXECUTE left its guard savepoint open: release it
                 # first, so that it never encloses the holder's own savepoints.
-                cursor = self._cursor
-                method = lambda q, a, m=method: release_guard_first(cursor, record, q, a, m)  # noqa: E731
-        tracker = self._tracker
+                plain = super()
+                method = lambda q, a, m=method: release_guard_first(plain, record, q, a, m)  # noqa: E731
+        tracker = self._handle._pool.tracker
         if tracker is None:
             return method(query, args)
-        return tracker.run(record, method, query, args, self._cursor)
+        return tracker.run(record, method, query, args, self)
 
     def fetchone(self) -> Any:
         if self._lease != self._handle._lease:
             raise ConnectionReturned(_RETURNED)
-        return self._cursor.fetchone()
+        return self._c_fetchone()
 
     def fetchmany(self, size: int | None = None) -> Any:
-        cursor = self._live()
-        return cursor.fetchmany() if size is None else cursor.fetchmany(size)
+        self._live()
+        return self._c_fetchmany() if size is None else self._c_fetchmany(size)
 
     def fetchall(self) -> Any:
-        return self._live().fetchall()
-
-    def __iter__(self) -> Iterator[Any]:
-        return self
+        self._live()
+        return self._c_fetchall()
 
     def __next__(self) -> Any:
-        return next(self._live())
-
-    def close(self) -> None:
-        # A named cursor's close() talks to the server: never on a returned lease.
-        if self._lease == self._handle._lease or self._cursor.name is None:
-            self._cursor.close()
+        self._live()
+        return self._c_next()
 
     @property
-    def connection(self) -> ConnectionHandle:
+    def connection(self) -> ConnectionHandle:  # type: ignore[override]
         return self._handle
 
     @property
-    def tzinfo_factory(self) -> Any:
-        return self._live().tzinfo_factory
-
-    @tzinfo_factory.setter
-    def tzinfo_factory(self, value: Any) -> None:
-        # Django sets it on every cursor it creates: spelled out, not forwarded.
-        if self._lease != self._handle._lease:
-            raise ConnectionReturned(_RETURNED)
-        self._cursor.tzinfo_factory = value
-
-    @property
-    def query(self) -> bytes | None:
+    def query(self) -> bytes | None:  # type: ignore[override]
         """The last statement as sent; for a prepared run, the statement it stands for (so
         that Django's query log and debug tools show the SELECT, not the EXECUTE)."""
-        cursor = self._live()
+        self._live()
         shown = self._shown
         if shown is not None:
-            return cursor.mogrify(*shown)  # type: ignore[no-any-return]
-        return cursor.query  # type: ignore[no-any-return]
+            return self.mogrify(*shown)  # type: ignore[no-any-return]
+        return _CURSOR_QUERY.__get__(self)  # type: ignore[no-any-return]
 
     @property
-    def closed(self) -> bool:
+    def closed(self) -> bool:  # type: ignore[override]
         # Like psycopg2's cursor of a closed connection: closed, not an error.
-        return self._lease != self._handle._lease or bool(self._cursor.closed)
+        return self._lease != self._handle._lease or bool(_CURSOR_CLOSED.__get__(self))
 
-    def __enter__(self) -> PooledCursor:
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+class NamedLeaseCursor(LeaseCursor):
+    """LeaseCursor for a named cursor (a server-side DECLARE), whose close() talks to the
+    server: on an ended lease it does nothing (the return's reset closed the cursor)."""
+
+    __slots__ = ()
+
+    def close(self) -> None:
+        if self._lease == self._handle._lease:
+            self._c_close()
+
+
+_CURSOR_QUERY = _PSYCOPG2_CURSOR.__dict__["query"]
+_CURSOR_CLOSED = _PSYCOPG2_CURSOR.__dict__["closed"]
+_CURSOR_NAME = _PSYCOPG2_CURSOR.__dict__["name"]
+
+#: Left to psycopg2 (see LeaseCursor): they touch nothing but the cursor object.
+_UNCHECKED_CURSOR_NAMES = frozenset({"tzinfo_factory", "close"})
+
+
+def _add_lease_checks(cls: type, implementation: type) -> None:
+    """Give ``cls`` a lease-checking override of each public name of psycopg2's cursor that
+    LeaseCursor does not spell out, running ``implementation``'s version."""
+    for name in sorted(dir(_PSYCOPG2_CURSOR)):
+        if name.startswith("_") or name in _UNCHECKED_CURSOR_NAMES or name in LeaseCursor.__dict__:
+            continue
+        member = inspect.getattr_static(implementation, name)
+        if not hasattr(member, "__get__"):  # a plain class attribute: psycopg2's slot rules
+            member = inspect.getattr_static(_PSYCOPG2_CURSOR, name)
+        if callable(member) and not hasattr(member, "__set__"):
+            setattr(cls, name, _checked_method(name, getattr(implementation, name)))
+        else:
+            setattr(cls, name, _checked_attribute(name, member))
+
+
+def _checked_method(name: str, implementation: Any) -> Any:
+    def method(self: LeaseCursor, *args: Any, **kwargs: Any) -> Any:
+        self._live()
+        return implementation(self, *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"psycopg2's {name}(), while the lease lasts."
+    return method
+
+
+def _checked_attribute(name: str, descriptor: Any) -> property:
+    def get(self: LeaseCursor) -> Any:
+        # The lease check, spelled out: Django reads rowcount after every write.
+        try:
+            live = _FORK_MARK[0] and self._lease == self._handle._lease
+        except AttributeError:  # still in a cursor_factory's __init__ (see _live())
+            live = True
+        if not live:
+            self._live()
+        return descriptor.__get__(self, type(self))
+
+    def set(self: LeaseCursor, value: Any) -> None:
+        self._live()
+        descriptor.__set__(self, value)
+
+    return property(get, set, doc=f"psycopg2's {name}, while the lease lasts.")
+
+
+_add_lease_checks(LeaseCursor, _PSYCOPG2_CURSOR)
+
+_lease_cursor_classes: dict[tuple[type, bool], type] = {
+    (_PSYCOPG2_CURSOR, False): LeaseCursor,
+    (_PSYCOPG2_CURSOR, True): NamedLeaseCursor,
+}
+_default_cursor_classes: dict[type, type] = {_PSYCOPG2_CONNECTION: _PSYCOPG2_CURSOR}
+
+
+def _default_cursor_class(conn: Any) -> type:
+    """The class of ``conn.cursor()`` for a connection_factory's connection, which may pick
+    its own default (psycopg2.extras.LoggingConnection: LoggingCursor): asked once per
+    class, by taking (and closing) a cursor, which talks to no server."""
+    kind = type(conn)
+    cls = _default_cursor_classes.get(kind)
+    if cls is None:
+        probe = conn.cursor()
+        probe.close()
+        cls = _default_cursor_classes[kind] = type(probe)
+    return cls
+
+
+def lease_cursor_class(factory: type, named: bool = False) -> type:
+    """LeaseCursor (NamedLeaseCursor) for a cursor_factory class: the lease checks first,
+    then the factory's methods (DictCursor's rows, LoggingCursor's log...), then
+    psycopg2's."""
+    cls = _lease_cursor_classes.get((factory, named))
+    if cls is None:
+        if not (isinstance(factory, type) and issubclass(factory, _PSYCOPG2_CURSOR)):
+            raise TypeError(
+                f"cursor_factory must be a subclass of psycopg2.extensions.cursor, not {factory!r}"
+            )
+        if issubclass(factory, LeaseCursor):
+            return factory
+        base = NamedLeaseCursor if named else LeaseCursor
+        namespace: dict[str, Any] = {"__slots__": ()}
+        for name in vars(LeaseCursor):
+            if name.startswith("_c_"):
+                attribute = "__next__" if name == "_c_next" else name[3:]
+                namespace[name] = getattr(factory, attribute)
+        cls = type(f"{base.__name__}[{factory.__name__}]", (base, factory), namespace)
+        _add_lease_checks(cls, factory)
+        _lease_cursor_classes[(factory, named)] = cls
+    return cls
 
 
 # -- forwarding of the rest of psycopg2's API ------------------------------------------
@@ -428,7 +560,6 @@ def _add_forwarders(cls: type, wrapped: type, instance: Any = None) -> None:
     names = {name for name in dir(wrapped) if not name.startswith("_")}
     if instance is not None:
         names.update(n for n in getattr(instance, "__dict__", ()) if not n.startswith("_"))
-    on_connection = issubclass(cls, ConnectionHandle)
     for name in sorted(names):
         if hasattr(cls, name):
             continue
@@ -437,10 +568,10 @@ def _add_forwarders(cls: type, wrapped: type, instance: Any = None) -> None:
             forwarder: Any = _forward_method(
                 name,
                 dirties=name in _SESSION_CHANGING_METHODS,
-                changes_characteristics=on_connection and name not in _READING_METHODS,
+                changes_characteristics=name not in _READING_METHODS,
             )
         else:
-            forwarder = _forward_attribute(name, changes_characteristics=on_connection)
+            forwarder = _forward_attribute(name, changes_characteristics=True)
         setattr(cls, name, forwarder)
 
 
@@ -448,11 +579,11 @@ _classes: dict[tuple[type, type], type] = {}
 
 
 def forwarding_class(base: type, wrapped: Any) -> Any:
-    """``base`` (ConnectionHandle or PooledCursor) for the psycopg2 object ``wrapped``:
-    ``base`` itself for psycopg2's own classes, else a subclass that also forwards what a
-    connection_factory or cursor_factory class adds."""
+    """``base`` (ConnectionHandle) for the psycopg2 connection ``wrapped``: ``base`` itself
+    for psycopg2's own class, else a subclass that also forwards what a connection_factory
+    class adds."""
     kind = type(wrapped)
-    if kind is psycopg2.extensions.connection or kind is psycopg2.extensions.cursor:
+    if kind is _PSYCOPG2_CONNECTION:
         return base
     cls = _classes.get((base, kind))
     if cls is None:
@@ -463,4 +594,3 @@ def forwarding_class(base: type, wrapped: Any) -> Any:
 
 
 _add_forwarders(ConnectionHandle, psycopg2.extensions.connection)
-_add_forwarders(PooledCursor, psycopg2.extensions.cursor)
