@@ -1,6 +1,9 @@
 """Contract 2: the next holder sees a fresh login's session; the reset is skipped when clean."""
 
+import collections
+
 import psycopg2
+import psycopg2.extras
 
 from django_pooled_pg.pool import stats as S
 from django_pooled_pg.pool.session import may_change_session
@@ -193,6 +196,27 @@ class SessionResetTests(PoolTestCase):
                 self.assert_baseline_characteristics(other)
                 other.close()
                 handle.close()
+
+    def test_client_side_connection_state_is_restored_for_the_next_holder(self):
+        # Not session state on the server, but psycopg2's, on the same physical connection:
+        # a cursor_factory left behind would hand the next holder dicts instead of tuples.
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        login_notices = handle.notices
+        handle.cursor_factory = psycopg2.extras.RealDictCursor
+        handle.notices = collections.deque(maxlen=3)
+        handle.notifies = collections.deque()
+        self.assertEqual(query(handle, "SELECT 1 AS one"), [{"one": 1}], "the change took")
+        handle.park()
+        other = pool.checkout()  # max_size=1: the same physical connection
+        self.assertEqual(query(other, "SELECT 1 AS one"), [(1,)])
+        self.assertIsNone(other.cursor_factory)
+        self.assertIs(other.notices, login_notices)
+        self.assertIsInstance(other.notifies, list)
+        query(other, "DO $$ BEGIN RAISE NOTICE 'seen'; END $$")
+        self.assertEqual(len(other.notices), 1)
+        other.close()
+        handle.close()
 
     def test_user_prepared_statements_are_deallocated(self):
         self.lease_twice(

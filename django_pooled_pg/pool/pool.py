@@ -725,6 +725,15 @@ class ConnectionPool:
                 conn.deferrable = None
             if conn.encoding != record.encoding:
                 conn.set_client_encoding(record.encoding)
+            cursor_factory, notices, notifies = record.client_state
+            # A RealDictCursor factory (or a deque for notices) left by one holder would
+            # change what the next one's cursors return: back to the objects of the login.
+            if conn.cursor_factory is not cursor_factory:
+                conn.cursor_factory = cursor_factory
+            if conn.notices is not notices:
+                conn.notices = notices
+            if conn.notifies is not notifies:
+                conn.notifies = notifies
             mode = self.config.reset
             if mode == "always" or (record.dirty and mode == "auto"):
                 statements = [RESET_SQL]

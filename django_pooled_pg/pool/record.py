@@ -21,7 +21,8 @@ class ConnectionRecord:
         "init_sql", "isolation_level", "handle_ref", "leased_at", "lease_stack", "holder",
         "cursor_stack", "execute_stack", "last_query", "query_started", "query_ended",
         "leak_warned", "idle_tx_warned", "on_handle_lost", "parked_for", "poller", "deallocate",
-        "encoding", "statements", "release_pending", "characteristics_changed", "__weakref__",
+        "encoding", "statements", "release_pending", "characteristics_changed", "client_state",
+        "__weakref__",
     )  # fmt: skip
 
     def __init__(self, conn: Any, opened_at: float, expires_at: float, init_sql: str) -> None:
@@ -44,9 +45,12 @@ class ConnectionRecord:
         #: psycopg2's isolation level as configure() left it: the baseline checkin restores
         self.isolation_level = conn.isolation_level
         self.encoding = conn.encoding
+        #: psycopg2's client-side state a holder can replace through the handle and the
+        #: next holder would inherit: (cursor_factory, notices list, notifies list)
+        self.client_state = (conn.cursor_factory, conn.notices, conn.notifies)
         #: set when the holder may have changed psycopg2's session characteristics
-        #: (autocommit, isolation level, read-only, deferrable, encoding): the return then
-        #: compares them with the baseline above
+        #: (autocommit, isolation level, read-only, deferrable, encoding) or client_state:
+        #: the return then compares them with the baseline above
         self.characteristics_changed = False
         #: the pool's prepared statements on this connection (see prepared.py)
         self.statements = new_statement_registry()
