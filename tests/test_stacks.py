@@ -1,0 +1,99 @@
+"""Stack capture: the C walker and the Python walker take the same stacks, and keep no frames."""
+
+import gc
+import platform
+import sys
+import unittest
+import weakref
+
+from django_pooled_pg.pool import stacks
+
+
+def _nested(depth, take):
+    """``take()`` called ``depth`` frames below this one."""
+    if depth == 0:
+        return take()
+    return _nested(depth - 1, take)
+
+
+def _stop_here(take):
+    return _nested(3, take)  # a walk that reaches this frame stops in it
+
+
+stacks.STOP_AT.add(_stop_here.__code__)
+
+
+def _lines(stack):
+    return [(code, stacks._lineno(code, lasti)) for code, lasti in stacks.frames(stack)]
+
+
+def _walkers():
+    found = {"Python": stacks.capture_python}
+    if stacks._stackwalk is not None:
+        found["C"] = stacks._stackwalk.capture
+    return found
+
+
+class StackCaptureTests(unittest.TestCase):
+    def test_the_c_walker_is_built_where_it_can_be(self):
+        # What the benchmarks measure is what the tests test: on CPython 3.11+ the
+        # install compiles _stackwalk.c (optional only for machines without a compiler).
+        if platform.python_implementation() == "CPython" and sys.version_info >= (3, 11):
+            self.assertEqual(stacks.WALKER, "C")
+            self.assertIs(stacks.capture, stacks._stackwalk.capture)
+        else:
+            self.assertEqual(stacks.WALKER, "Python")
+
+    def test_both_walkers_take_the_same_stack(self):
+        walkers = _walkers()
+        for skip, limit, depth in [(1, 64, 4), (2, 64, 4), (3, 2, 6), (1, 1, 0), (4, 64, 10)]:
+            taken = {
+                name: _nested(depth, lambda walk=walk, s=skip, n=limit: walk(s, n))
+                for name, walk in walkers.items()
+            }
+            python = taken.pop("Python")
+            with self.subTest(skip=skip, limit=limit, depth=depth):
+                self.assertLessEqual(len(python) // 2, limit)
+                for name, stack in taken.items():
+                    # Same code objects and lines. (Not always the same offsets: the
+                    # caller's frame points at a call of a C function differently.)
+                    self.assertEqual(_lines(stack), _lines(python), name)
+                    self.assertEqual(stack[2:], python[2:], name)
+
+    def test_a_walk_stops_at_a_stop_frame_and_formats_with_this_file_s_lines(self):
+        for name, walk in _walkers().items():
+            with self.subTest(name):
+                stack = _stop_here(lambda walk=walk: walk(1))
+                codes = [code for code, _ in stacks.frames(stack)]
+                # lambda, _nested x4 (depth 3..0), then _stop_here, where it stops
+                self.assertEqual([c.co_name for c in codes][-2:], ["_nested", "_stop_here"])
+                self.assertEqual(len(codes), 6)
+                text = stacks.format_stack(stack, hidden=(), show_hidden=True)
+                self.assertIn("return _nested(3, take)  # a walk that reaches", text)
+                self.assertIn(__file__, text)
+
+    def test_a_stack_keeps_no_frame_and_no_local_alive(self):
+        class Payload:
+            pass
+
+        for name, walk in _walkers().items():
+            with self.subTest(name):
+
+                def holder(walk=walk):
+                    payload = Payload()  # a local of a captured frame
+                    return walk(1), weakref.ref(payload)
+
+                stack, ref = holder()
+                gc.collect()
+                self.assertIsNone(ref(), "the stack kept the frame's locals alive")
+                self.assertTrue(stack)
+
+    def test_bad_arguments_raise(self):
+        if stacks._stackwalk is None:
+            self.skipTest("the C walker is not built here")
+        with self.assertRaises(TypeError):
+            stacks._stackwalk.capture(1, 2, 3)
+        with self.assertRaises(TypeError):
+            stacks._stackwalk.capture("1")
+        with self.assertRaises(TypeError):
+            stacks._stackwalk.set_stop_codes([])
