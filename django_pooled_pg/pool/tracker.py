@@ -24,6 +24,10 @@ _IN_TRANSACTION = psycopg2.extensions.TRANSACTION_STATUS_INTRANS
 _IN_ERROR = psycopg2.extensions.TRANSACTION_STATUS_INERROR
 _IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
+#: psycopg2's own rowcount getter: a pooled cursor's checks its lease in Python, and the
+#: lease is known to be live here (the statement just ran on it).
+_rowcount = psycopg2.extensions.cursor.__dict__["rowcount"].__get__
+
 IDLE_IN_POOL = "idle in pool"
 LEASED = "leased"
 ACTIVE = "active"
@@ -69,7 +73,7 @@ class Tracker:
         finally:
             ended = record.query_ended = _monotonic()
             record.query_started = 0.0
-            self.queries.add(query, ended - started, cursor.rowcount)
+            self.queries.add(query, ended - started, _rowcount(cursor))
             # Stacks cost about a microsecond per frame the first time a frame is seen.
             # The cursor and execute stacks only matter for a connection left idle in a
             # transaction, so they are taken only when a transaction is open.
