@@ -2,6 +2,7 @@
 
 import gc
 import platform
+import subprocess
 import sys
 import unittest
 import weakref
@@ -97,3 +98,22 @@ class StackCaptureTests(unittest.TestCase):
             stacks._stackwalk.capture("1")
         with self.assertRaises(TypeError):
             stacks._stackwalk.set_stop_codes([])
+
+    def test_without_the_extension_the_python_walk_serves(self):
+        # As on a machine where _stackwalk.c did not build: the import fails, and the
+        # module still takes stacks and honours its stop frames.
+        script = """
+import sys
+sys.modules["django_pooled_pg.pool._stackwalk"] = None  # the import now fails
+from django_pooled_pg.pool import stacks
+def stop(): return inner()
+def inner(): return stacks.capture(1)
+stacks.STOP_AT.add(stop.__code__)
+stack = stacks.capture(1)
+names = [code.co_name for code, _ in stacks.frames(stop())]
+print(stacks.WALKER, stacks.capture is stacks.capture_python, bool(stack), names)
+"""
+        done = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, check=True
+        )
+        self.assertEqual(done.stdout.split(), ["Python", "True", "True", "['inner',", "'stop']"])
