@@ -35,6 +35,7 @@ _SESSION_CHANGING_METHODS = frozenset({"set_client_encoding", "tpc_begin", "lobj
 
 _PSYCOPG2_CURSOR = psycopg2.extensions.cursor
 _PSYCOPG2_CONNECTION = psycopg2.extensions.connection
+_STATUS_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 #: Forwarded methods that cannot change psycopg2's session characteristics (any other
 #: call makes the return compare them with the baseline: a cheap check, but not free).
@@ -164,7 +165,13 @@ class ConnectionHandle:
         cursor._record = self._record
         cursor._shown = None
         tracker = self._pool.tracker
-        if tracker is not None and tracker.stacks:
+        # The cursor stack matters only inside a transaction (Django's autocommit requests
+        # take a cursor per query): the test is spelled out here, without a call.
+        if (
+            tracker is not None
+            and tracker.stacks
+            and (not conn.autocommit or conn.get_transaction_status() != _STATUS_IDLE)
+        ):
             tracker.cursor_taken(self._record)
         return cursor
 

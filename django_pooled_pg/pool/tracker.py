@@ -53,9 +53,9 @@ class Tracker:
     # -- on the query path (keep it short) ----------------------------------------------
 
     def cursor_taken(self, record: ConnectionRecord) -> None:
-        """A cursor was taken (the handle calls this at the "stacks" level only)."""
-        if _in_transaction(record.conn):
-            record.cursor_stack = capture(3, _QUERY_STACK_FRAMES)
+        """A cursor was taken inside a transaction (the handle calls this at the "stacks"
+        level only, and tests the transaction itself: most cursors are taken outside one)."""
+        record.cursor_stack = capture(3, _QUERY_STACK_FRAMES)
 
     def run(
         self,
@@ -167,10 +167,6 @@ class Tracker:
                         _stack_text(record.lease_stack), _stack_text(record.cursor_stack),
                         _stack_text(record.execute_stack),
                     )  # fmt: skip
-
-
-def _in_transaction(conn: Any) -> bool:
-    return not conn.autocommit or conn.get_transaction_status() != _IDLE
 
 
 def _stack_text(stack: Any) -> str:
