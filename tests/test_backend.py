@@ -247,8 +247,9 @@ class PreloadTests(SimpleTestCase):
         )  # fmt: skip
 
         def stop():
-            server.terminate()
-            server.communicate(timeout=30)
+            if server.returncode is None:
+                server.terminate()
+                server.communicate(timeout=30)
 
         self.addCleanup(stop)
         base = f"http://127.0.0.1:{port}"
@@ -270,8 +271,12 @@ class PreloadTests(SimpleTestCase):
 
     def check_workers_never_touch_the_masters_session(self, *worker_args):
         server, base, master_backend = self.serve(*worker_args)
-        with concurrent.futures.ThreadPoolExecutor(8) as executor:
-            answers = list(executor.map(lambda _: self.get(base + "/backend/"), range(80)))
+        try:
+            with concurrent.futures.ThreadPoolExecutor(8) as executor:
+                answers = list(executor.map(lambda _: self.get(base + "/backend/"), range(80)))
+        except OSError as error:  # an HTTP 500 among them: show the worker's traceback
+            server.terminate()
+            self.fail(f"{error}; gunicorn's stderr:\n{server.communicate(timeout=30)[1][-6000:]}")
         workers = {answer["worker_pid"] for answer in answers}
         self.assertNotIn(server.pid, workers)
         backends = {answer["backend_pid"] for answer in answers}

@@ -59,5 +59,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LOGGING = {
     "version": 1,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "loggers": {"django_pooled_pg": {"handlers": ["console"], "level": "WARNING"}},
+    "loggers": {
+        "django_pooled_pg": {"handlers": ["console"], "level": "WARNING"},
+        # A 500's traceback on stderr (Django mails it to ADMINS otherwise, which the demo
+        # and the tests that serve through gunicorn do not have).
+        "django.request": {"handlers": ["console"], "level": "ERROR"},
+    },
 }
