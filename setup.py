@@ -1,7 +1,9 @@
-"""The optional C stack walker (everything else is in pyproject.toml).
+"""The optional C extensions (everything else is in pyproject.toml): the stack walker
+and the query timer.
 
-optional=True: without a compiler or on Python 3.10, the build goes on without it and
-django_pooled_pg.pool.stacks uses its Python walk (same results, slower).
+optional=True: without a compiler (or, for the stack walker, on Python 3.10) the build
+goes on without them, and django_pooled_pg.pool.stacks and .tracker use their Python
+versions (same results, slower).
 """
 
 from setuptools import Extension, setup
@@ -12,6 +14,11 @@ setup(
             "django_pooled_pg.pool._stackwalk",
             ["django_pooled_pg/pool/_stackwalk.c"],
             optional=True,
-        )
+        ),
+        Extension(
+            "django_pooled_pg.pool._querytimer",
+            ["django_pooled_pg/pool/_querytimer.c"],
+            optional=True,
+        ),
     ]
 )

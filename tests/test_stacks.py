@@ -59,7 +59,90 @@ class StackCaptureTests(unittest.TestCase):
                     # Same code objects and lines. (Not always the same offsets: the
                     # caller's frame points at a call of a C function differently.)
                     self.assertEqual(_lines(stack), _lines(python), name)
-                    self.assertEqual(stack[2:], python[2:], name)
+                    self.assertEqual(list(stack[2:]), list(python[2:]), name)
+
+    def test_both_walkers_agree_through_generators_coroutines_and_c_calls(self):
+        # Frames a walk must step over or through: a generator's, a coroutine's, and the
+        # entry frames CPython pushes where C code (sorted(), map()) calls back into Python.
+        def in_generator(walk):
+            yield _nested(2, walk)
+
+        async def in_coroutine(walk):
+            return _nested(2, walk)
+
+        def run_coroutine(walk):
+            coroutine = in_coroutine(walk)
+            try:
+                coroutine.send(None)
+            except StopIteration as done:
+                return done.value
+            raise AssertionError("the coroutine did not finish")
+
+        places = {
+            "generator": lambda walk: next(in_generator(walk)),
+            "coroutine": run_coroutine,
+            "sorted key": lambda walk: sorted([1], key=lambda _: _nested(1, walk)) and walk.last,
+            "map": lambda walk: list(map(lambda _: _nested(1, walk), [1])) and walk.last,
+        }
+        for place, call in places.items():
+            taken = {}
+            for name, walker in _walkers().items():
+
+                def walk(walker=walker):
+                    walk.last = walker(1)
+                    return walk.last
+
+                taken[name] = call(walk)
+            with self.subTest(place):
+                python = taken.pop("Python")
+                self.assertGreater(len(python), 8)
+                for name, stack in taken.items():
+                    self.assertEqual(_lines(stack), _lines(python), name)
+
+    def test_the_c_walker_hands_out_one_tuple_per_distinct_stack(self):
+        # A server takes the same stacks again and again: the C walker keeps the last ones
+        # and returns the same (immutable) tuple for the same frames at the same offsets.
+        if stacks._stackwalk is None:
+            self.skipTest("the C walker is not built here")
+        walk = stacks._stackwalk.capture
+
+        def site_a():
+            return walk(1)
+
+        def site_b():
+            return walk(1)
+
+        first = []
+        for _ in range(3):
+            first.append(site_a())  # the same frames, at the same offsets
+        other = site_b()
+        self.assertIsInstance(first[0], tuple)
+        self.assertIs(first[0], first[1])
+        self.assertIs(first[1], first[2])
+        self.assertIsNot(other, first[0])
+        self.assertEqual((first[0][0], other[0]), (site_a.__code__, site_b.__code__))
+        self.assertEqual(list(other[4:]), list(first[0][4:]))  # the test's callers
+
+        # A new stop frame changes the walk: a stored stack that went further is not reused.
+        def stop_outer():
+            return site_a()
+
+        before = stop_outer()
+        stacks.STOP_AT.add(stop_outer.__code__)
+        after = stop_outer()
+        self.assertGreater(len(before), len(after))
+        self.assertEqual(after[-2], stop_outer.__code__)
+        # forget_stacks() lets go of the code objects the stored stacks hold. (A code
+        # object made at run time: a nested function's lives in its parent's constants.)
+        namespace = {"walk": walk}
+        exec(compile("def transient():\n    return walk(1)\n", "<transient>", "exec"), namespace)
+        code_ref = weakref.ref(namespace["transient"].__code__)
+        namespace.pop("transient")()
+        gc.collect()
+        self.assertIsNotNone(code_ref(), "a stored stack holds its code objects")
+        stacks._stackwalk.forget_stacks()
+        gc.collect()
+        self.assertIsNone(code_ref())
 
     def test_a_walk_stops_at_a_stop_frame_and_formats_with_this_file_s_lines(self):
         for name, walk in _walkers().items():

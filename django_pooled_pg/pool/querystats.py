@@ -38,9 +38,10 @@ class QueryStats:
         self._entries: dict[str, list[Any]] = {}
         # raw SQL -> its shape's entry: Django sends the same strings again and again, and
         # one lookup of the string is all a repeated statement costs. Cleared with every
-        # eviction, so it never points at an evicted entry.
-        self._by_sql: dict[Any, list[Any]] = {}
-        # raw SQL -> shape, to spare normalize() after an eviction cleared _by_sql
+        # eviction, so it never points at an evicted entry. Never rebound: the C query
+        # timer (tracker.py) holds this dict and reads it without the lock.
+        self.by_sql: dict[Any, list[Any]] = {}
+        # raw SQL -> shape, to spare normalize() after an eviction cleared by_sql
         self._shapes: dict[Any, str] = {}
         self.evictions = 0
 
@@ -50,7 +51,7 @@ class QueryStats:
         lock = self._lock
         lock.acquire()  # (every query comes here: cheaper than "with")
         try:
-            entry = self._by_sql.get(sql)  # str or bytes: both hash
+            entry = self.by_sql.get(sql)  # str or bytes: both hash
             if entry is None:
                 entry = self._entry_for_new_text(sql)
             entry[0] += 1
@@ -58,6 +59,18 @@ class QueryStats:
             if seconds > entry[2]:
                 entry[2] = seconds
             entry[3] += rows
+        finally:
+            lock.release()
+
+    def entry_for(self, sql: Any) -> list[Any]:
+        """The entry that counts ``sql``, made if its shape is new. For the C query timer,
+        which updates entries itself (see _querytimer.c) and comes here for text it has
+        not found in ``by_sql``."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            entry = self.by_sql.get(sql)
+            return entry if entry is not None else self._entry_for_new_text(sql)
         finally:
             lock.release()
 
@@ -79,9 +92,9 @@ class QueryStats:
                 self._evict()
             # [count, total seconds, max seconds, rows]: add() counts this run
             entry = self._entries[shape] = [0, 0.0, 0.0, 0]
-        if len(self._by_sql) >= 4 * self.max_statements:
-            self._by_sql.clear()
-        self._by_sql[sql] = entry
+        if len(self.by_sql) >= 4 * self.max_statements:
+            self.by_sql.clear()
+        self.by_sql[sql] = entry
         return entry
 
     def _evict(self) -> None:
@@ -89,7 +102,7 @@ class QueryStats:
         drop = max(1, len(rarest) // 10)
         for shape, _ in rarest[:drop]:
             del self._entries[shape]
-        self._by_sql.clear()  # it may point at an evicted entry
+        self.by_sql.clear()  # it may point at an evicted entry
         self.evictions += drop
 
     def top(self, n: int = 10, order_by: str = "count") -> list[dict[str, Any]]:
@@ -127,5 +140,5 @@ class QueryStats:
     def reset(self) -> None:
         with self._lock:
             self._entries.clear()
-            self._by_sql.clear()
+            self.by_sql.clear()
             self.evictions = 0

@@ -11,8 +11,10 @@ from types import CodeType, FrameType
 __all__ = ["WALKER", "Stack", "capture", "capture_python", "format_stack", "frames"]
 
 #: A captured stack, innermost frame first, flat: code object, instruction offset, code
-#: object, instruction offset... (one list and no pair tuples: 20% cheaper to build, and
-#: stacks are built on every lease; see frames()). Holding code objects (not frames) keeps
+#: object, instruction offset... (one sequence and no pair tuples: 20% cheaper to build,
+#: and stacks are built on every lease; see frames()). The Python walk makes a list; the C
+#: walk a tuple, the same one for the same frames at the same offsets, so a stack is never
+#: to be changed in place. Holding code objects (not frames) keeps
 #: no locals alive. Reading f_lasti is cheap where f_lineno decodes the line table
 #: (measured: 5 us vs 14 us for 30 frames), so line numbers, file names and source lines
 #: are worked out only when formatting.

@@ -12,6 +12,14 @@ import psycopg2.extensions
 from .querystats import QueryStats
 from .stacks import capture, first_user_frame, format_stack
 
+try:
+    from . import _querytimer  # type: ignore[attr-defined]
+except ImportError:  # not built (no compiler): run() in Python
+    _querytimer = None
+
+#: Which Tracker.run() times statements (bench/ and the README's figures say which).
+TIMER = "C" if _querytimer is not None else "Python"
+
 if TYPE_CHECKING:
     from .config import PoolConfig
     from .record import ConnectionRecord
@@ -26,7 +34,8 @@ _IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 
 #: psycopg2's own rowcount getter: a pooled cursor's checks its lease in Python, and the
 #: lease is known to be live here (the statement just ran on it).
-_rowcount = psycopg2.extensions.cursor.__dict__["rowcount"].__get__
+_ROWCOUNT = psycopg2.extensions.cursor.__dict__["rowcount"]
+_rowcount = _ROWCOUNT.__get__
 
 IDLE_IN_POOL = "idle in pool"
 LEASED = "leased"
@@ -49,6 +58,22 @@ class Tracker:
         self.config = config
         self.stacks = config.tracking == "stacks"
         self.queries = QueryStats(config.max_statements)
+        if _querytimer is not None:
+            # run() below, in C: every statement comes through it, and the Python version's
+            # bookkeeping cost as much as a SELECT 1's execute(). It then updates the
+            # statistics' entries on its own (atomically, without their lock), so add()
+            # goes through it too: an update in Python could interleave with one in C.
+            timer = _querytimer.QueryTimer(
+                self.queries.by_sql,
+                self.queries.entry_for,
+                _ROWCOUNT,
+                _monotonic,
+                capture if self.stacks else None,
+                _QUERY_STACK_FRAMES,
+                _IDLE,
+            )
+            self.run = timer.run  # type: ignore[method-assign]
+            self.queries.add = timer.count  # type: ignore[method-assign]
 
     # -- on the query path (keep it short) ----------------------------------------------
 
@@ -57,7 +82,7 @@ class Tracker:
         level only, and tests the transaction itself: most cursors are taken outside one)."""
         record.cursor_stack = capture(3, _QUERY_STACK_FRAMES)
 
-    def run(
+    def run(  # (the C timer replaces this where it was built: the same steps)
         self,
         record: ConnectionRecord,
         method: Callable[..., Any],
