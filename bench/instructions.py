@@ -117,6 +117,9 @@ def main() -> int:
     sys.path[:0] = [ROOT, HERE]
     from server import start_server
 
+    from django_pooled_pg.pool import stacks, tracker
+
+    print(f"stack walker: {stacks.WALKER}; query timer: {tracker.TIMER}")
     cluster, url = start_server()
     try:
         env = {**os.environ, "DATABASE_URL": url, "PYTHONHASHSEED": "0"}

@@ -675,6 +675,8 @@ def run(args: argparse.Namespace, url: str) -> int:
     import psycopg2
     from django.db import connections
 
+    from django_pooled_pg.pool import stacks, tracker
+
     activate("persistent")
     connections["default"]  # initialized, not connected: what every contender walks
     baseline_count, baseline_elapsed = timed_loop(signals_only_cycle, 0.5)
@@ -687,6 +689,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         f"workloads: {', '.join(args.sections)}"
     )
     print(f"signals-only cycle (1 unconnected alias): {baseline_us:.1f} us")
+    print(f"stack walker: {stacks.WALKER}; query timer: {tracker.TIMER}")
 
     results: dict = {
         "command": "python bench/request_cycle.py " + " ".join(sys.argv[1:]),
@@ -696,6 +699,8 @@ def run(args: argparse.Namespace, url: str) -> int:
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
             "database": "$DATABASE_URL" if os.environ.get("DATABASE_URL") else "throwaway cluster",
+            "stack_walker": stacks.WALKER,
+            "query_timer": tracker.TIMER,
         },
         "pin": args.pin,
         "placement": args.placement,

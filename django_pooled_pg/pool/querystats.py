@@ -66,13 +66,9 @@ class QueryStats:
         """The entry that counts ``sql``, made if its shape is new. For the C query timer,
         which updates entries itself (see _querytimer.c) and comes here for text it has
         not found in ``by_sql``."""
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             entry = self.by_sql.get(sql)
             return entry if entry is not None else self._entry_for_new_text(sql)
-        finally:
-            lock.release()
 
     def _entry_for_new_text(self, sql: Any) -> list[Any]:
         """The entry of SQL text not seen since the last eviction, made if its shape is new.
