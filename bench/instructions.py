@@ -117,9 +117,12 @@ def main() -> int:
     sys.path[:0] = [ROOT, HERE]
     from server import start_server
 
-    from django_pooled_pg.pool import stacks, tracker
+    from django_pooled_pg.pool import record, stacks, tracker
 
-    print(f"stack walker: {stacks.WALKER}; query timer: {tracker.TIMER}")
+    print(
+        f"stack walker: {stacks.WALKER}; query timer: {tracker.TIMER}; "
+        f"socket check: {record.POLLER}"
+    )
     cluster, url = start_server()
     try:
         env = {**os.environ, "DATABASE_URL": url, "PYTHONHASHSEED": "0"}

@@ -675,7 +675,7 @@ def run(args: argparse.Namespace, url: str) -> int:
     import psycopg2
     from django.db import connections
 
-    from django_pooled_pg.pool import stacks, tracker
+    from django_pooled_pg.pool import record, stacks, tracker
 
     activate("persistent")
     connections["default"]  # initialized, not connected: what every contender walks
@@ -689,7 +689,10 @@ def run(args: argparse.Namespace, url: str) -> int:
         f"workloads: {', '.join(args.sections)}"
     )
     print(f"signals-only cycle (1 unconnected alias): {baseline_us:.1f} us")
-    print(f"stack walker: {stacks.WALKER}; query timer: {tracker.TIMER}")
+    print(
+        f"stack walker: {stacks.WALKER}; query timer: {tracker.TIMER}; "
+        f"socket check: {record.POLLER}"
+    )
 
     results: dict = {
         "command": "python bench/request_cycle.py " + " ".join(sys.argv[1:]),
@@ -701,6 +704,7 @@ def run(args: argparse.Namespace, url: str) -> int:
             "database": "$DATABASE_URL" if os.environ.get("DATABASE_URL") else "throwaway cluster",
             "stack_walker": stacks.WALKER,
             "query_timer": tracker.TIMER,
+            "socket_check": record.POLLER,
         },
         "pin": args.pin,
         "placement": args.placement,

@@ -183,8 +183,8 @@ class ConnectionPool:
             now = time.monotonic()
             ping_after = self._ping_after
             # _sound(), spelled out. The socket check: a killed backend or a server
-            # shutdown has written its FATAL by now (a registered poll object's poll():
-            # one system call).
+            # shutdown has written its FATAL by now (record.poller: one system call,
+            # holding the GIL where the C Poller was built).
             if (
                 not record.poller.poll(0)
                 and now < record.expires_at
@@ -222,11 +222,12 @@ class ConnectionPool:
         record = handle._record
         now = time.monotonic()
         holder = current_thread()
-        # The socket check comes before the lock: poll() releases the GIL, and a thread
-        # that releases it holding the pool's lock makes the others queue up behind it.
+        # The socket check comes before the lock: select.poll's poll() (record.py's
+        # fallback) releases the GIL, and a thread that releases it holding the pool's
+        # lock makes the others queue up behind it.
         # If the record is still parked for this handle under the lock, nobody has used
         # the connection since this poll. (Not polled when already taken: its new holder
-        # may be polling it, and a poll object refuses concurrent use.)
+        # may be polling it, and a select.poll object refuses concurrent use.)
         quiet = False
         if record.parked_for is handle:
             try:
@@ -420,7 +421,7 @@ class ConnectionPool:
 
     def _sound(self, record: ConnectionRecord, now: float) -> bool:
         """The checks of an idle connection that need no round trip: unexpired, open, no
-        word from the server while idle (the poll is free: a registered poll object), not
+        word from the server while idle (the poll is cheap: record.poller), not
         suspect, not idle past ping_after. False means: look closer (_usable())."""
         try:
             quiet = not record.poller.poll(0)
@@ -598,11 +599,11 @@ class ConnectionPool:
         ):
             self._return(record, park_for=handle)
         elif (
-            self._waiters
-            or self._closed
+            self._closed
+            or (self._waiters and self._a_waiter_starves(now))
             or (self._inline_cleaner and now >= self._next_maintenance)
         ):
-            self._put_back(record, now, handle)  # the grace and handoff rules, or cleanup
+            self._put_back(record, now, handle)  # a handover at once, or cleanup
         else:
             record.holder = None
             if self.tracker is not None:
@@ -611,11 +612,24 @@ class ConnectionPool:
             self._leased.discard(record)
             resting = self._resting
             resting[handle] = record
-            # A waiter that queued, or a close(), since the check above may have missed
-            # it: take it back (if nobody did) and go the general way.
-            if (self._waiters or self._closed) and resting.pop(handle, None) is record:
+            # A close(), or a waiter that reached handoff_after, since the check above may
+            # have missed it: take it back (if nobody did) and go the general way. Other
+            # waiters need nothing from here: they look at the connections at rest before
+            # they sleep, and the oldest wakes at least every PARK_GRACE to look again.
+            if (self._closed or (self._waiters and self._a_waiter_starves(now))) and resting.pop(
+                handle, None
+            ) is record:
                 self._put_back(record, now, handle)
         return True
+
+    def _a_waiter_starves(self, now: float) -> bool:
+        """Whether the oldest waiter has waited handoff_after: then a park hands over at
+        once. Read without the lock (a deque's [0] is atomic under the GIL): a stale
+        answer only moves the handover to the waiter's own next look."""
+        try:
+            return now - self._waiters[0].since >= self._starving_after
+        except IndexError:  # (emptied since the caller looked)
+            return False
 
     def _wake_resting(self, due: Callable[[ConnectionRecord], bool] | None = None) -> None:
         """Move connections at rest (all, or those ``due``) to the idle deque, parked for
