@@ -58,6 +58,13 @@ def spinner_steps_during(poll, calls):
 
 
 class PollerTests(PoolTestCase):
+    def socket_pair(self):
+        """Two connected sockets, closed after the test."""
+        ours, theirs = socket.socketpair()
+        self.addCleanup(ours.close)
+        self.addCleanup(theirs.close)
+        return ours, theirs
+
     def test_the_c_poller_is_built_where_it_can_be(self):
         expected = "C" if platform.python_implementation() == "CPython" else "Python"
         self.assertEqual(record_module.POLLER, expected)
@@ -88,8 +95,7 @@ class PollerTests(PoolTestCase):
         self.assertEqual(query(again, "SELECT 1"), [(1,)])
 
     def test_a_peer_that_hung_up_counts_as_readable(self):
-        ours, theirs = socket.socketpair()
-        self.addCleanup(ours.close)
+        ours, theirs = self.socket_pair()
         poller = record_module.socket_poller(ours.fileno())
         self.assertFalse(poller.poll(0))
         theirs.close()
@@ -101,9 +107,7 @@ class PollerTests(PoolTestCase):
             self.skipTest("the C Poller was not built")
         from django_pooled_pg.pool._pollnow import Poller
 
-        ours, theirs = socket.socketpair()
-        self.addCleanup(ours.close)
-        self.addCleanup(theirs.close)
+        ours, theirs = self.socket_pair()
         poller = Poller(ours.fileno())
         self.assertEqual(poller.fd, ours.fileno())
         with self.assertRaisesRegex(ValueError, "timeout of 0 only"):
@@ -116,9 +120,7 @@ class PollerTests(PoolTestCase):
     def test_the_c_poller_keeps_the_gil(self):
         if record_module.POLLER != "C":
             self.skipTest("the C Poller was not built")
-        ours, theirs = socket.socketpair()
-        self.addCleanup(ours.close)
-        self.addCleanup(theirs.close)
+        ours, theirs = self.socket_pair()
         poller = record_module.socket_poller(ours.fileno())
         self.assertEqual(spinner_steps_during(poller.poll, 20_000), 0)
         if len(os.sched_getaffinity(0)) > 1:
