@@ -66,7 +66,7 @@ def main() -> int:
         base = f"http://127.0.0.1:{args.port}"
         wait_for(base + "/select1/")
         burst(base, args.requests, args.workers * args.threads * 2)
-        workers = report(base, args.workers)
+        workers = report(base, args.workers, args.workers * args.threads * 2)
         # A request that keeps its transaction open for a while: idle in transaction.
         hold = threading.Thread(target=get_json, args=(base + "/hold/8/",), daemon=True)
         hold.start()
@@ -128,13 +128,15 @@ def burst(base: str, count: int, concurrency: int) -> None:
     )
 
 
-def report(base: str, workers: int) -> list[int]:
+def report(base: str, workers: int, concurrency: int) -> list[int]:
+    # Concurrent asks: one at a time, the kernel may hand every connection to the same idle
+    # worker, and a worker that was still starting during the burst is never asked.
     seen: dict[int, dict] = {}
-    for _ in range(workers * 20):
-        stats = get_json(base + "/pool/")
-        seen[stats["worker_pid"]] = stats
-        if len(seen) == workers:
-            break
+    deadline = time.monotonic() + 30
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as executor:
+        while len(seen) < workers and time.monotonic() < deadline:
+            for stats in executor.map(lambda _: get_json(base + "/pool/"), range(concurrency)):
+                seen[stats["worker_pid"]] = stats
     print("\nPool of each gunicorn worker, as each reports itself on /pool/:")
     print(
         f"{'worker':>8} {'leases':>7} {'opened':>7} {'size':>5} {'idle':>5} {'resets':>7} "
