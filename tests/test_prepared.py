@@ -2,6 +2,7 @@
 
 import datetime
 import decimal
+import io
 
 from django.core.signals import request_finished, request_started
 from django.db import connection, transaction
@@ -518,6 +519,34 @@ class PlanCacheModeTests(PreparedTestCase):
                     self.assertEqual(cursor.fetchone(), ("auto",), "SET LOCAL: not kept")
                 with connection.cursor() as cursor:
                     cursor.execute("DEALLOCATE ALL")
+
+    def show_plan_cache_mode(self):
+        with connection.cursor() as cursor:
+            cursor.execute("SHOW plan_cache_mode")
+            return cursor.fetchone()[0]
+
+    def test_a_targets_mode_ends_with_its_execute_inside_the_holders_transaction(self):
+        # The mode is SET LOCAL under the guard savepoint, and releasing a savepoint keeps
+        # what SET LOCAL did: without the restore, the rest of the holder's transaction
+        # (its own queries) would run under the target's plan_cache_mode.
+        connection.database.add_prepare_target(
+            Review.objects.filter(rating=1), plan_cache_mode="force_generic_plan"
+        )
+        with transaction.atomic():
+            self.assertEqual(len(list(Review.objects.filter(rating=1))), 3)
+            self.assertEqual(self.show_plan_cache_mode(), "auto")
+            with connection.cursor() as cursor:  # the holder's own choice is kept...
+                cursor.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            self.assertEqual(len(list(Review.objects.filter(rating=2))), 3)
+            self.assertEqual(self.show_plan_cache_mode(), "force_custom_plan")
+            self.assertEqual(len(list(Review.objects.filter(rating=3))), 2)
+            with connection.cursor() as cursor:  # a COPY cannot carry it: a round trip of its own
+                cursor.copy_expert("COPY (SELECT current_setting('plan_cache_mode')) TO STDOUT",
+                                   copied := io.StringIO())  # fmt: skip
+            self.assertEqual(copied.getvalue(), "force_custom_plan\n")
+        ((_, generic_plans, custom_plans),) = server_statements()
+        self.assertEqual((generic_plans, custom_plans), (3, 0))  # ...and the target's mode
+        self.assertEqual(self.show_plan_cache_mode(), "auto")
 
 
 class ConcurrencyTests(PreparedTestCase):

@@ -296,6 +296,10 @@ class ResetSkipTests(PoolTestCase):
             "DO $$BEGIN SET SESSION search_path TO x; END$$",
             "DO $$BEGIN SET search_path FROM CURRENT; END$$",
             "SELECT 1; SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY",
+            # (a prepare target restores plan_cache_mode after its EXECUTE: a clean lease
+            # tells it that the holder chose none)
+            "SET LOCAL plan_cache_mode = force_custom_plan",
+            "SELECT set_config('plan_cache_mode', 'force_custom_plan', true)",
         ]
         clean = [
             "SELECT 1",

@@ -386,12 +386,16 @@ class PreparedTargets:
             return
         mode = target.plan_cache_mode
         sql = f"EXECUTE {name}({plan.placeholders})" if arguments else f"EXECUTE {name}"
+        restore = None
         if mode is not None:
-            # SET LOCAL: until the end of this statement's implicit transaction, or of
-            # the holder's transaction; never into the next lease.
+            # SET LOCAL: until the end of this statement's implicit transaction. Inside
+            # the holder's transaction, the guard's RELEASE would keep it to the end of
+            # that: the holder's next statement then puts the holder's mode back first.
             sql = f"SET LOCAL plan_cache_mode = {mode}; {sql}"
+            if guarded:
+                restore = _holders_plan_cache_mode(cursor, record)
         try:
-            self._run_guarded(cursor, record, sql, arguments, guarded)
+            self._run_guarded(cursor, record, sql, arguments, guarded, restore)
         except psycopg2.Error as error:
             if not _plan_went_stale(error) or conn.closed:
                 raise
@@ -409,22 +413,28 @@ class PreparedTargets:
                 target.count("fallbacks")
                 run_unprepared(cursor, record, query, params)
                 return
-            self._run_guarded(cursor, record, sql, arguments, guarded)
+            self._run_guarded(cursor, record, sql, arguments, guarded, restore)
         target.count("hits")
 
     @staticmethod
     def _run_guarded(
-        cursor: Any, record: ConnectionRecord, sql: str, arguments: list[Any], guarded: bool
+        cursor: Any,
+        record: ConnectionRecord,
+        sql: str,
+        arguments: list[Any],
+        guarded: bool,
+        restore: str | None = None,
     ) -> None:
         if not guarded:
             cursor.execute(sql, arguments)
             return
-        prefix = f"{RELEASE_GUARD}; " if record.release_pending else ""
+        prefix = f"{record.guard_release}; " if record.release_pending else ""
         record.release_pending = False
         # The savepoint stays open after a success: the holder's next statement releases
         # it in its own round trip (see release_guard_first), since psycopg2 returns the
         # result of the last statement of a string and that must be the EXECUTE.
         cursor.execute(f"{prefix}SAVEPOINT {GUARD}; {sql}", arguments)
+        record.guard_release = RELEASE_GUARD if restore is None else f"{RELEASE_GUARD}; {restore}"
         record.release_pending = True
 
     def _prepare(
@@ -452,7 +462,7 @@ class PreparedTargets:
         if guarded:
             parts = [f"SAVEPOINT {GUARD}", *parts, RELEASE_GUARD]
             if record.release_pending:
-                parts.insert(0, RELEASE_GUARD)
+                parts.insert(0, record.guard_release)
         record.release_pending = False
         try:
             cursor.execute("; ".join(parts))  # no parameters: % in the body stays as it is
@@ -482,6 +492,27 @@ def _plan_went_stale(error: psycopg2.Error) -> bool:
     return error.pgcode == "26000" or (error.pgcode == "0A000" and "cached plan" in str(error))
 
 
+#: Puts back the session's own plan_cache_mode (the server's, role's or connection's).
+_DEFAULT_PLAN_CACHE_MODE = "SET LOCAL plan_cache_mode TO DEFAULT"
+
+
+def _holders_plan_cache_mode(cursor: Any, record: ConnectionRecord) -> str:
+    """The statement that gives the holder's transaction its plan_cache_mode back after a
+    target's SET LOCAL."""
+    if not record.dirty:
+        # Nothing in this lease may have set it (any SET or set_config() makes the lease
+        # dirty: see session.py), so it is the session's default. The common case costs
+        # nothing more.
+        return _DEFAULT_PLAN_CACHE_MODE
+    # The holder may have chosen one: ask, in a round trip of its own (psycopg2 returns
+    # only the last result of a string, and that must be the EXECUTE's).
+    prefix = f"{record.guard_release}; " if record.release_pending else ""
+    record.release_pending = False
+    cursor.execute(f"{prefix}SELECT current_setting('plan_cache_mode')")
+    (mode,) = cursor.fetchone()
+    return cursor.mogrify("SET LOCAL plan_cache_mode = %s", [mode]).decode()  # type: ignore[no-any-return]
+
+
 def run_unprepared(cursor: Any, record: ConnectionRecord, query: Any, params: Any) -> None:
     if record.release_pending:
         release_guard_first(cursor, record, query, params, cursor.execute)
@@ -495,7 +526,7 @@ def release_guard(cursor: Any, record: ConnectionRecord) -> None:
     record.release_pending = False
     if record.conn.get_transaction_status() == _INTRANS:
         with record.conn.cursor() as plain:  # ``cursor`` may be a named one (DECLARE)
-            plain.execute(RELEASE_GUARD)
+            plain.execute(record.guard_release)
 
 
 def release_guard_first(
@@ -507,7 +538,7 @@ def release_guard_first(
     if record.conn.get_transaction_status() != _INTRANS:
         return method(query, params)  # the transaction ended: so did the savepoint
     if type(query) is str and method == cursor.execute and cursor.name is None:
-        return method(f"{RELEASE_GUARD}; {query}", params)
+        return method(f"{record.guard_release}; {query}", params)
     release_guard(cursor, record)
     return method(query, params)
 

@@ -7,7 +7,7 @@ import threading
 import weakref
 from typing import Any
 
-from .prepared import new_statement_registry
+from .prepared import RELEASE_GUARD, new_statement_registry
 from .stacks import Stack
 
 try:
@@ -44,8 +44,8 @@ class ConnectionRecord:
         "init_sql", "isolation_level", "handle_ref", "leased_at", "lease_stack", "holder",
         "cursor_stack", "execute_stack", "last_query", "query_started", "query_ended",
         "leak_warned", "idle_tx_warned", "on_handle_lost", "parked_for", "poller", "deallocate",
-        "encoding", "statements", "release_pending", "characteristics_changed", "client_state",
-        "__weakref__",
+        "encoding", "statements", "release_pending", "guard_release", "characteristics_changed",
+        "client_state", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, conn: Any, opened_at: float, expires_at: float, init_sql: str) -> None:
@@ -77,6 +77,9 @@ class ConnectionRecord:
         self.statements = new_statement_registry()
         #: a prepared EXECUTE left its guard savepoint open for the next statement to release
         self.release_pending = False
+        #: ... and what the next statement runs first then: the release, and the end of
+        #: the target's plan_cache_mode when it had one (see PreparedTargets.execute)
+        self.guard_release = RELEASE_GUARD
         self.handle_ref: weakref.ref[Any] | None = None
         self.on_handle_lost: Any = None  # the weakref callback, made once per connection
         #: while idle: the handle that parked it and may resume it (see handles.py)
