@@ -28,6 +28,9 @@ class PooledDatabase:
     def pop_stats(self) -> dict[str, int]:
         return self.pool.pop_stats()
 
+    def total_stats(self) -> dict[str, int]:
+        return self.pool.total_stats()
+
     def holders(self) -> list[dict[str, Any]]:
         return self.pool.holders()
 

@@ -570,6 +570,22 @@ class StatsTests(PoolTestCase):
         self.assertEqual(second[S.REQUESTS_NUM], 0)
         self.assertEqual(second[S.POOL_SIZE], 1)
 
+    def test_total_stats_count_since_the_pool_opened_whatever_pop_stats_zeroed(self):
+        pool = self.make_pool(max_size=1)
+        pool.checkout().close()
+        self.assertEqual(pool.pop_stats()[S.REQUESTS_NUM], 1)
+        handle = pool.checkout()
+        handle.park()
+        handle.cursor().close()  # resumed from rest: counted without the lock
+        handle.close()
+        totals = pool.total_stats()
+        self.assertEqual(totals[S.REQUESTS_NUM], 3)
+        self.assertEqual(totals[S.CONNECTIONS_NUM], 1)
+        self.assertEqual(totals[S.POOL_SIZE], 1)
+        self.assertEqual(pool.get_stats()[S.REQUESTS_NUM], 2)
+        pool.pop_stats()
+        self.assertEqual(pool.total_stats()[S.REQUESTS_NUM], 3)
+
     def test_failed_connect_is_counted_and_frees_the_slot(self):
         params = {**server_params(), "dbname": "no_such_database"}
         pool = ConnectionPool(params, name="broken", max_size=1)

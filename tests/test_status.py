@@ -349,6 +349,16 @@ class PublisherTests(PooledAliasTestCase):
         )
 
     @override_settings(POOLED_PG_STATUS=PUBLISHING)
+    def test_a_users_pop_stats_does_not_zero_the_published_counters(self):
+        self.assertTrue(self.publisher.publish())
+        before = self.mine().get(alias="default").data["stats"]["requests_num"]
+        self.assertGreaterEqual(before, 1)
+        connection.database.pop_stats()  # a metrics exporter's scrape
+        self.assertTrue(self.publisher.publish())
+        after = self.mine().get(alias="default").data["stats"]["requests_num"]
+        self.assertGreaterEqual(after, before)
+
+    @override_settings(POOLED_PG_STATUS=PUBLISHING)
     def test_publishing_never_takes_a_pooled_connection(self):
         from django_pooled_pg.conf import configure_pool
 

@@ -166,6 +166,8 @@ class ConnectionPool:
         # A plain dict with every counter: a Counter's += costs ten times as much (its
         # __missing__ keeps the interpreter off the fast path), and the lease path counts.
         self._stats: dict[str, int] = dict.fromkeys(stats.COUNTERS, 0)
+        #: what pop_stats() zeroed so far: total_stats() adds it back
+        self._popped_stats: dict[str, int] = dict.fromkeys(stats.COUNTERS, 0)
 
     # -- checkout ---------------------------------------------------------------------
 
@@ -1015,13 +1017,27 @@ class ConnectionPool:
         return values
 
     def pop_stats(self) -> dict[str, int]:
+        """get_stats(), zeroing the counters (as psycopg_pool's pop_stats() does)."""
         with self._lock:
             values = {name: self._stats[name] for name in stats.COUNTERS}
             resumed = self._count_resumed()
             values[stats.REQUESTS_NUM] += resumed - self._resumed_popped
             self._resumed_popped = resumed
+            popped = self._popped_stats
+            for name in stats.COUNTERS:
+                popped[name] += values[name]
             values.update(self._gauges())
             self._stats = dict.fromkeys(stats.COUNTERS, 0)
+        return values
+
+    def total_stats(self) -> dict[str, int]:
+        """get_stats() with the counters since the pool opened: pop_stats() does not zero
+        them. The status page publishes these, so that a metrics exporter that pops the
+        counters every few seconds does not make the pool look idle there."""
+        values = self.get_stats()
+        with self._lock:
+            for name, value in self._popped_stats.items():
+                values[name] += value
         return values
 
     def _count_resumed(self) -> int:

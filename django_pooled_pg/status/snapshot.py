@@ -42,7 +42,7 @@ def _describe(group: list[ConnectionPool], top_queries: int) -> dict[str, Any]:
     oldest_lease = None
     tracked = False
     for pool in group:
-        totals.update(pool.get_stats())
+        totals.update(pool.total_stats())  # (a user's pop_stats() zeroes get_stats())
         for holder in pool.holders():
             if oldest_lease is None or holder["held_s"] > oldest_lease:
                 oldest_lease = holder["held_s"]
