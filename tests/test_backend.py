@@ -115,7 +115,14 @@ class EngineTests(SimpleTestCase):
             settings_for(OPTIONS={"isolation_level": ISOLATION_LEVEL_SERIALIZABLE}), "serial"
         )
         try:
-            for _ in range(2):
+            for lease in range(3):
+                # Outside transactions the server's default, as with Django's own backend
+                # (which sets the level before autocommit is on): on a new connection,
+                # and after a lease that needed a full reset.
+                with wrapper.cursor() as cursor:
+                    cursor.execute("SHOW transaction_isolation")
+                    self.assertEqual(cursor.fetchone(), ("read committed",), lease)
+                    cursor.execute("SET work_mem = '8MB'")  # the next lease: after a reset
                 wrapper.set_autocommit(False)
                 with wrapper.cursor() as cursor:
                     cursor.execute("SHOW transaction_isolation")

@@ -4,6 +4,7 @@ import datetime
 import decimal
 import io
 
+import psycopg2.extras
 from django.core.signals import request_finished, request_started
 from django.db import connection, transaction
 from django.db.models import Count, F, Q, TextField, Value
@@ -548,6 +549,25 @@ class PlanCacheModeTests(PreparedTestCase):
         self.assertEqual((generic_plans, custom_plans), (3, 0))  # ...and the target's mode
         self.assertEqual(self.show_plan_cache_mode(), "auto")
 
+    def test_the_holders_mode_is_read_back_whatever_its_cursor_class(self):
+        # After a SET the pool asks the server for the holder's mode: not through the
+        # holder's cursor, whose class may return rows as dicts.
+        connection.database.add_prepare_target(
+            Review.objects.filter(rating=1), name="dicts", plan_cache_mode="force_generic_plan"
+        )
+        sql, params = connection.ops.compiler("SQLCompiler")(
+            Review.objects.filter(rating=1).query, connection, "default"
+        ).as_sql()
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            cursor = connection.connection.cursor(cursor_factory=psycopg2.extras.RealDictCursor)
+            cursor.execute(sql, params)
+            self.assertEqual(len(cursor.fetchall()), 3)
+            cursor.execute("SELECT current_setting('plan_cache_mode') AS mode")
+            self.assertEqual(cursor.fetchall(), [{"mode": "force_custom_plan"}])
+        self.assertEqual(stats_of("dicts")["hits"], 1)
+
 
 class ConcurrencyTests(PreparedTestCase):
     pool_options = {"max_size": 4, "timeout": 60}
@@ -631,6 +651,36 @@ class GuardReleaseTests(PreparedTestCase):
                 self.assertEqual(cursor.fetchone(), (1,))
         self.assertEqual(stats_of("guard")["hits"], 4)
 
+    def test_a_transaction_ended_without_the_handles_commit_leaves_no_release_behind(self):
+        # The guard savepoint ends with the transaction: a RELEASE of it sent later would
+        # fail, and abort the holder's next transaction.
+        connection.database.add_prepare_target(Review.objects.filter(rating=1), name="ended")
+
+        def psycopg2s_with_block():
+            with connection.connection:  # psycopg2's: commits on exit
+                self.assertEqual(len(list(Review.objects.filter(rating=1))), 3)
+
+        def commit_in_sql():
+            self.assertEqual(len(list(Review.objects.filter(rating=1))), 3)
+            with connection.cursor() as cursor:
+                cursor.execute("COMMIT")
+
+        def psycopg2s_reset():
+            self.assertEqual(len(list(Review.objects.filter(rating=1))), 3)
+            connection.connection.reset()  # rolls back
+
+        for end in (psycopg2s_with_block, commit_in_sql, psycopg2s_reset):
+            with self.subTest(end.__name__):
+                connection.set_autocommit(False)
+                try:
+                    end()
+                    self.assertEqual(len(list(Review.objects.filter(rating=1))), 3)
+                    self.assertEqual(len(list(Category.objects.filter(pk=987654))), 0)
+                finally:
+                    connection.rollback()
+                    connection.set_autocommit(True)
+        self.assertEqual(stats_of("ended")["hits"], 6)
+
 
 class StartupRegistrationTests(PreparedTestCase):
     def test_the_shops_ready_registers_its_join_and_the_orders_view_runs_prepared(self):
@@ -660,6 +710,17 @@ class StartupRegistrationTests(PreparedTestCase):
 
 
 class QueryLogTests(PreparedTestCase):
+    def test_inside_a_transaction_the_log_shows_no_guard_release(self):
+        from django.test.utils import CaptureQueriesContext
+
+        connection.database.add_prepare_target(Review.objects.filter(rating=1), name="txlog")
+        with transaction.atomic(), CaptureQueriesContext(connection) as captured:
+            list(Review.objects.filter(rating=4))  # prepared: leaves the guard open
+            list(Category.objects.filter(pk=987654))  # carries the release before it
+        self.assertEqual(stats_of("txlog")["hits"], 1)
+        second = captured.captured_queries[-1]["sql"]
+        self.assertTrue(second.startswith('SELECT "shop_category"."id"'), second)
+
     def test_djangos_query_log_shows_the_statement_not_the_execute(self):
         from django.test.utils import CaptureQueriesContext
 

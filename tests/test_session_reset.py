@@ -171,11 +171,62 @@ class SessionResetTests(PoolTestCase):
         self.assertIsNone(handle.isolation_level)
         self.assertIsNone(handle.readonly)
         self.assertIsNone(handle.deferrable)
+        # The session defaults too: in autocommit mode, psycopg2 sets characteristics
+        # there, and each autocommit statement runs under them.
+        defaults = [
+            query(handle, f"SHOW default_transaction_{name}")[0][0]
+            for name in ("isolation", "read_only", "deferrable")
+        ]
+        self.assertEqual(defaults, ["read committed", "off", "off"])
         handle.autocommit = False
         self.assertEqual(query(handle, "SHOW transaction_isolation"), [("read committed",)])
         self.assertEqual(query(handle, "SHOW transaction_read_only"), [("off",)])
         self.assertEqual(query(handle, "SHOW transaction_deferrable"), [("off",)])
         handle.rollback()
+
+    def test_a_sequence_used_by_name_leaves_no_lastval_to_the_next_holder(self):
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        query(handle, "CREATE SEQUENCE IF NOT EXISTS dpp_lastval")
+        self.addCleanup(query, admin_connection(), "DROP SEQUENCE IF EXISTS dpp_lastval")
+        self.assertEqual(len(query(handle, "SELECT nextval('dpp_lastval')")), 1)
+        handle.close()
+        handle = pool.checkout()
+        try:
+            with self.assertRaisesRegex(psycopg2.Error, "lastval is not yet defined"):
+                query(handle, "SELECT lastval()")
+        finally:
+            handle.close()
+
+    def test_a_configured_isolation_level_holds_for_transactions_alone_on_every_lease(self):
+        # As in Django's own connections: on the transactions psycopg2 begins, not on
+        # autocommit statements. After a reset (with RESET ALL, or restoring psycopg2's
+        # level in autocommit mode) it must be neither lost nor made the session's default.
+        pool = self.make_pool(
+            max_size=1, configure=lambda conn: setattr(conn, "isolation_level", "SERIALIZABLE")
+        )
+        # (the lease, and what it does to make the next one's situation)
+        leases = [
+            ("new connection", lambda h: query(h, "SET work_mem = '8MB'")),
+            ("after a RESET ALL", lambda h: setattr(h, "isolation_level", 1)),  # READ COMMITTED
+            ("after psycopg2's level was restored", lambda h: None),
+        ]
+        for name, prepare_next in leases:
+            with self.subTest(name):
+                handle = pool.checkout()
+                try:
+                    self.assertEqual(
+                        query(handle, "SHOW transaction_isolation"), [("read committed",)]
+                    )
+                    handle.autocommit = False
+                    self.assertEqual(
+                        query(handle, "SHOW transaction_isolation"), [("serializable",)]
+                    )
+                    handle.rollback()
+                    handle.autocommit = True
+                    prepare_next(handle)
+                finally:
+                    handle.close()
 
     def test_characteristics_changed_before_a_park_are_restored_for_the_next_holder(self):
         # park() skips the comparison with the baseline unless the holder changed one:
@@ -300,6 +351,8 @@ class ResetSkipTests(PoolTestCase):
             # tells it that the holder chose none)
             "SET LOCAL plan_cache_mode = force_custom_plan",
             "SELECT set_config('plan_cache_mode', 'force_custom_plan', true)",
+            "SELECT nextval('s')",
+            "SELECT setval('s', 5)",
         ]
         clean = [
             "SELECT 1",

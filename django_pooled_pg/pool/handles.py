@@ -241,7 +241,9 @@ class ConnectionHandle:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._live().__exit__(*exc)
+        conn = self._live()
+        self._record.release_pending = False  # (it commits or rolls back, as below)
+        conn.__exit__(*exc)
 
     def __repr__(self) -> str:
         state = "leased" if self._conn is not None else "returned"
@@ -379,6 +381,10 @@ class LeaseCursor(_PSYCOPG2_CURSOR):
             if record.release_pending:
                 # The last prepared EXECUTE left its guard savepoint open: release it
                 # first, so that it never encloses the holder's own savepoints.
+                if type(query) is str and method == self._c_execute:
+                    # ``query`` shows the holder's statement, not the release before it
+                    # (Django's query log reads it).
+                    self._shown = (query, args)
                 plain = super()
                 method = lambda q, a, m=method: release_guard_first(plain, record, q, a, m)  # noqa: E731
         tracker = self._handle._pool.tracker

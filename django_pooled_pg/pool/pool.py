@@ -490,6 +490,16 @@ class ConnectionPool:
             conn.autocommit = True
             if self.configure is not None:
                 self.configure(conn)
+                characteristics = (conn.isolation_level, conn.readonly, conn.deferrable)
+                if characteristics != (None, None, None):
+                    # Set in autocommit mode, psycopg2 also made them the session's
+                    # defaults (default_transaction_isolation...), which a full reset's
+                    # RESET ALL ends while psycopg2 still reports them. Out of autocommit
+                    # and back, they stay with psycopg2 alone, which puts them on each
+                    # transaction it begins: the same on every lease, as in Django's own
+                    # connections (which set them before autocommit is on).
+                    conn.autocommit = False
+                    conn.autocommit = True
             init_sql = ""
             if self.session_init:
                 with conn.cursor() as cursor:
@@ -731,10 +741,14 @@ class ConnectionPool:
                 )
             # psycopg2's own session characteristics. Setting one costs a round trip (it
             # asks the server for the default), reading is free: set only what changed.
+            if conn.isolation_level != record.isolation_level:
+                # Outside autocommit: there psycopg2 would also make it the session's
+                # default_transaction_isolation, which a login does not have.
+                if conn.autocommit:
+                    conn.autocommit = False
+                conn.isolation_level = record.isolation_level
             if not conn.autocommit:
                 conn.autocommit = True
-            if conn.isolation_level != record.isolation_level:
-                conn.isolation_level = record.isolation_level
             if conn.readonly is not None:
                 conn.readonly = None
             if conn.deferrable is not None:

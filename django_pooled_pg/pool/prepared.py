@@ -62,6 +62,7 @@ _ROLLBACK_GUARD = f"ROLLBACK TO SAVEPOINT {GUARD}; RELEASE SAVEPOINT {GUARD}"
 
 _IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 _INTRANS = psycopg2.extensions.TRANSACTION_STATUS_INTRANS
+_READY = psycopg2.extensions.STATUS_READY  # (psycopg2's own: no transaction begun)
 
 #: Statements PostgreSQL's PREPARE accepts.
 _PREPARABLE = frozenset(
@@ -369,6 +370,11 @@ class PreparedTargets:
         target = plan.target
         conn = record.conn
         status = conn.get_transaction_status()
+        if record.release_pending and status != _INTRANS:
+            # The transaction that held the guard ended without handle.commit() or
+            # rollback() (psycopg2's "with conn:", tpc_commit(), a COMMIT in SQL): so did
+            # the savepoint, and a RELEASE of it would fail the holder's next transaction.
+            record.release_pending = False
         arguments = plan.arguments(params) if status in (_IDLE, _INTRANS) else None
         if arguments is None:  # a failed transaction, or parameters of another shape
             target.count("fallbacks")
@@ -377,7 +383,9 @@ class PreparedTargets:
         signature = parameter_types(arguments)
         name = target.statement_name(signature)
         statements = record.statements
-        guarded = status == _INTRANS or not conn.autocommit
+        # Inside a transaction, or about to be: psycopg2 begins one unless it believes one
+        # is open already (after a COMMIT sent as SQL it does, and sends no BEGIN).
+        guarded = status == _INTRANS or (not conn.autocommit and conn.status == _READY)
         if name in statements:
             statements.move_to_end(name)
         elif not self._prepare(cursor, record, target, signature, guarded):
@@ -393,7 +401,7 @@ class PreparedTargets:
             # that: the holder's next statement then puts the holder's mode back first.
             sql = f"SET LOCAL plan_cache_mode = {mode}; {sql}"
             if guarded:
-                restore = _holders_plan_cache_mode(cursor, record)
+                restore = _holders_plan_cache_mode(record)
         try:
             self._run_guarded(cursor, record, sql, arguments, guarded, restore)
         except psycopg2.Error as error:
@@ -496,7 +504,7 @@ def _plan_went_stale(error: psycopg2.Error) -> bool:
 _DEFAULT_PLAN_CACHE_MODE = "SET LOCAL plan_cache_mode TO DEFAULT"
 
 
-def _holders_plan_cache_mode(cursor: Any, record: ConnectionRecord) -> str:
+def _holders_plan_cache_mode(record: ConnectionRecord) -> str:
     """The statement that gives the holder's transaction its plan_cache_mode back after a
     target's SET LOCAL."""
     if not record.dirty:
@@ -506,11 +514,13 @@ def _holders_plan_cache_mode(cursor: Any, record: ConnectionRecord) -> str:
         return _DEFAULT_PLAN_CACHE_MODE
     # The holder may have chosen one: ask, in a round trip of its own (psycopg2 returns
     # only the last result of a string, and that must be the EXECUTE's).
+    # (On a cursor of psycopg2's own class: the holder's may return dicts or name tuples.)
     prefix = f"{record.guard_release}; " if record.release_pending else ""
     record.release_pending = False
-    cursor.execute(f"{prefix}SELECT current_setting('plan_cache_mode')")
-    (mode,) = cursor.fetchone()
-    return cursor.mogrify("SET LOCAL plan_cache_mode = %s", [mode]).decode()  # type: ignore[no-any-return]
+    with record.conn.cursor() as plain:
+        plain.execute(f"{prefix}SELECT current_setting('plan_cache_mode')")
+        (mode,) = plain.fetchone()
+        return plain.mogrify("SET LOCAL plan_cache_mode = %s", [mode]).decode()  # type: ignore[no-any-return]
 
 
 def run_unprepared(cursor: Any, record: ConnectionRecord, query: Any, params: Any) -> None:

@@ -40,10 +40,13 @@ _SAFE_FIRST_WORDS = frozenset(
 
 #: Inside an otherwise safe statement: temporary objects (TEMP, pg_temp), session-level
 #: advisory locks (the xact ones end with the transaction), GUCs through set_config() or
-#: RESET, ROLE/AUTHORIZATION changes, LISTEN, cursors, prepared statements.
+#: RESET, ROLE/AUTHORIZATION changes, LISTEN, cursors, prepared statements, and the
+#: sequence functions whose values currval() and lastval() would show the next holder.
+#: (A serial column's default calls nextval() unseen: see the README.)
 _RISKY_WORDS = (
     r"\btemp(?:orary)?\b|\bpg_temp|advisory_lock|set_config|\breset\b"
     r"|\bset\s+(?:session\s+)?(?:role|authorization)|\blisten\b|\bdeclare\b|\bprepare\b"
+    r"|\bnextval\b|\bsetval\b"
 )
 #: A SET that is not SET LOCAL nor an upsert's "DO UPDATE SET" (inside DO bodies, say).
 _RISKY = re.compile(_RISKY_WORDS + r"|(?<!update\s)\bset\s+(?!local\b)", re.IGNORECASE)
