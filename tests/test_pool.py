@@ -18,6 +18,7 @@ from django_pooled_pg.pool import (
     cleaner,
     forks,
 )
+from django_pooled_pg.pool import pool as pool_module
 from django_pooled_pg.pool import stats as S
 
 from .helpers import (
@@ -631,6 +632,87 @@ class RaceTests(PoolTestCase):
         self.assertEqual(stats[S.POOL_AVAILABLE], 0)
         self.assertEqual(stats[S.POOL_SIZE], 0)
         self.assertEqual(stats[S.CONNECTIONS_CLOSED], 1)
+
+    def test_a_checkout_that_opens_a_connection_while_the_pool_closes_gets_none(self):
+        # The slot was reserved before close(); the connection is opened after it: handing
+        # it out would keep a session open past close() (the test runner drops databases
+        # right after closing their pools).
+        holder = {}
+
+        def close_pool_during_connect(conn):
+            holder["pool"].close()
+
+        pool = ConnectionPool(
+            server_params(), name="race", max_size=1, configure=close_pool_during_connect
+        )
+        holder["pool"] = pool
+        with self.assertRaisesRegex(PoolClosed, "closed during this checkout"):
+            pool.checkout()
+        stats = pool.get_stats()
+        self.assertEqual((stats[S.POOL_SIZE], stats[S.POOL_LEASED]), (0, 0))
+        self.assertEqual(stats[S.CONNECTIONS_CLOSED], 1)
+
+    def test_a_waiter_handed_a_connection_just_before_close_gets_none(self):
+        pool = self.make_pool(max_size=1, timeout=10)
+        holder = pool.checkout()
+        granted, closed, outcome = threading.Event(), threading.Event(), []
+        usable = pool._usable
+
+        def usable_once_closed(record):  # (the waiter's check of its grant: after close)
+            granted.set()
+            closed.wait(10)
+            return usable(record)
+
+        def wait():
+            try:
+                outcome.append(pool.checkout())
+            except PoolClosed as error:
+                outcome.append(error)
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        wait_until(lambda: pool.get_stats()[S.REQUESTS_WAITING] == 1, what="a waiter")
+        pool._usable = usable_once_closed
+        holder.close()  # handed to the waiter: it is no longer in the queue close() empties
+        granted.wait(10)
+        pool.close()
+        closed.set()
+        thread.join(10)
+        self.assertEqual(len(outcome), 1)
+        self.assertIsInstance(outcome[0], PoolClosed)
+        self.assertEqual(pool.get_stats()[S.POOL_SIZE], 0)
+
+    def test_a_handle_collected_while_another_thread_leases_its_old_connection(self):
+        # The handle that parked a connection last is collected (its thread's wrapper
+        # dropped it) while another thread is inside _lease() of that connection: its
+        # leak callback must not take the new, live lease for a lost one.
+        pool = self.make_pool(max_size=1, timeout=1, tracking="stacks")
+        first = pool.checkout()
+        first.cursor().close()
+        first.park()  # at rest: "second" takes it, as from a thread that died since
+        leasing, dropped, got = threading.Event(), threading.Event(), []
+        capture = pool_module.capture
+
+        def capture_after_the_drop(limit):  # (in _lease(), after the holder is set)
+            if threading.current_thread().name == "second":
+                leasing.set()
+                dropped.wait(10)
+            return capture(limit)
+
+        pool_module.capture = capture_after_the_drop
+        self.addCleanup(setattr, pool_module, "capture", capture)
+        thread = threading.Thread(target=lambda: got.append(pool.checkout()), name="second")
+        thread.start()
+        leasing.wait(10)
+        del first  # the last reference: the callback runs now
+        dropped.set()
+        thread.join(10)
+        (second,) = got
+        self.assertEqual(list(pool._leaked), [])
+        with self.assertRaises(PoolTimeout):  # max_size=1, and "second" holds it
+            pool.checkout()
+        self.assertEqual(query(second, "SELECT 1"), [(1,)])
+        second.close()
 
     def test_fork_while_another_thread_holds_the_statistics_lock(self):
         pool = self.make_pool(tracking="counters")

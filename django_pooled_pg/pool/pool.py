@@ -330,6 +330,12 @@ class ConnectionPool:
                 # for a while (the grace) before the handover.
                 if not self._usable(record):
                     continue
+            if self._closed:
+                # Closed while this checkout opened, waited for or checked its connection:
+                # a lease now would outlive close() (and keep a session on a database the
+                # test runner is about to drop).
+                self._discard(record, stats.CONNECTIONS_CLOSED)
+                raise PoolClosed(f"pool {self.name!r} was closed during this checkout")
             return record
 
     def _wait(self, waiter: _Waiter, deadline: float) -> ConnectionRecord | _OpenNew:
@@ -391,6 +397,7 @@ class ConnectionPool:
                 return
             if isinstance(grant, ConnectionRecord):
                 if not self._offer(grant, None, time.monotonic()):
+                    self._sort_idle()  # (its idle_since is older than the newest's)
                     return
                 # (else the pool closed meanwhile: close the connection below)
         if grant is _OPEN_NEW:
@@ -529,18 +536,22 @@ class ConnectionPool:
             handle = forwarding_class(ConnectionHandle, record.conn)(self, record)
         else:
             handle._bind(record)
-        record.start_lease(time.monotonic(), current_thread())
-        if self._track_stacks:
-            record.lease_stack = capture(3)
         # If the holder loses the handle without returning it (a thread that died), the
         # callback queues the record for recovery; checkin drops the ref so it never fires.
         # A parked handle keeps its ref: resuming the same connection reuses it.
+        # The ref is this handle's before the record shows a holder: the callback takes a
+        # record with a holder for lost when its ref is the one that died, and the handle
+        # that parked this connection last may be collected at any moment (by another
+        # thread, or by a collection that the allocations below set off).
         ref = record.handle_ref
         if ref is None or ref() is not handle:
             callback = record.on_handle_lost
             if callback is None:
                 callback = record.on_handle_lost = _leak_callback(self, record)
             record.handle_ref = weakref.ref(handle, callback)
+        record.start_lease(time.monotonic(), current_thread())
+        if self._track_stacks:
+            record.lease_stack = capture(3)
         with self._lock:
             self._leased.add(record)
             self._stats[stats.REQUESTS_NUM] += 1
@@ -557,6 +568,7 @@ class ConnectionPool:
             if handle._parked:  # already checked in: only give up the right to resume
                 handle._end(parked=False)
                 if self._resting.pop(handle, None) is record:
+                    record.handle_ref = None  # (ours since the pop: nobody can lease it)
                     with self._lock:
                         closed = self._offer(record, None, time.monotonic())
                         if not closed:
@@ -566,7 +578,7 @@ class ConnectionPool:
                     return
                 with self._lock:
                     if record.parked_for is handle:
-                        record.parked_for = None
+                        record.parked_for = record.handle_ref = None
                         if self._waiters and record in self._idle:  # no grace left
                             self._idle.remove(record)
                             self._hand_to_waiter(record)
