@@ -7,7 +7,7 @@ import io
 import psycopg2.extras
 from django.core.signals import request_finished, request_started
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, TextField, Value
+from django.db.models import Count, DecimalField, ExpressionWrapper, F, Q, TextField, Value
 from django.db.models.functions import Coalesce
 from shop.models import Category, Product, Review, Supplier
 
@@ -67,6 +67,10 @@ class PreparedTestCase(PooledAliasTestCase):
     def setUp(self):
         super().setUp()
         self.addCleanup(targets.clear_prepare_targets)
+
+
+class _Datetime(datetime.datetime):
+    """A datetime subclass, as freezegun's."""
 
 
 class SameResultsTests(PreparedTestCase):
@@ -167,6 +171,31 @@ class SameResultsTests(PreparedTestCase):
         "or": (
             lambda v: Review.objects.filter(Q(rating=v) | Q(published=None)).order_by("pk"),
             [2, 3],
+        ),  # fmt: skip
+        # psycopg2 writes Decimal("2") as 2, an integer: rating / 2 is integer division
+        "whole decimal": (
+            lambda v: (
+                Review.objects.annotate(
+                    half=ExpressionWrapper(F("rating") / v, output_field=DecimalField())
+                )
+                .order_by("pk")
+                .values_list("pk", "half")
+            ),
+            [decimal.Decimal("2"), decimal.Decimal("2.0"), decimal.Decimal("4")],
+        ),  # fmt: skip
+        # IN lists: each element keeps the type its literal has (2**40 is int8, 2.5 numeric)
+        "in lists of numbers": (
+            lambda v: Review.objects.filter(rating__in=v).order_by("pk").values_list("pk"),
+            [[1, 2**40], [2.5, 1], [decimal.Decimal("3"), 4]],
+        ),  # fmt: skip
+        "in lists of strings": (
+            lambda v: Review.objects.filter(title__in=v).order_by("pk"),
+            [["title 1", 'title "2"'], ["title 4 100% sure", "back\\slash", "title 5"]],
+        ),  # fmt: skip
+        # freezegun's timezone.now() returns a datetime subclass
+        "datetime subclass": (
+            lambda v: Review.objects.filter(created__gt=v).order_by("pk").values_list("pk"),
+            [_Datetime(2024, 3, 1, 15, 30, tzinfo=UTC), _Datetime(2024, 3, 1, 18, tzinfo=UTC)],
         ),  # fmt: skip
     }
 
@@ -317,7 +346,19 @@ class ReuseTests(PreparedTestCase):
                     cursor.execute("DEALLOCATE ALL")
                 self.assertEqual(len(list(Review.objects.filter(rating=3))), 2)
         stats = stats_of("gone")
-        self.assertEqual((stats["hits"], stats["reprepares"], stats["fallbacks"]), (3, 2, 0))
+        # (Seen going by: prepared again at once, no failed EXECUTE first.)
+        self.assertEqual((stats["hits"], stats["prepares"], stats["fallbacks"]), (3, 3, 0))
+        self.assertEqual(stats["reprepares"], 0)
+
+    def test_a_holders_statement_under_our_name_is_never_run_for_the_target(self):
+        connection.database.add_prepare_target("SELECT 1 WHERE 1 = %s", name="hijack")
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1 WHERE 1 = %s", [1])
+            (name,) = [row[0] for row in server_statements()]
+            cursor.execute(f"DEALLOCATE {name}; PREPARE {name}(int4) AS SELECT 2 WHERE 1 = $1")
+            cursor.execute("SELECT 1 WHERE 1 = %s", [1])
+            self.assertEqual(cursor.fetchall(), [(1,)])
+        self.assertEqual(stats_of("hijack")["hits"], 2)
 
     def test_a_statement_vanishing_unseen_warns_about_pgbouncer(self):
         connection.database.add_prepare_target(Review.objects.filter(rating=1), name="bouncer")
@@ -389,6 +430,16 @@ class AlterTableTests(PreparedTestCase):
         self.assertEqual(query(self.admin, "SELECT name FROM prep_alter WHERE id = 3"),
                          [("three",)])  # fmt: skip
         self.assertEqual(stats_of("alter")["reprepares"], 1)
+
+    def test_a_parameter_type_the_server_inferred_is_inferred_again_after_alter(self):
+        # '1' is a string: its type was inferred from the column (int) at PREPARE.
+        self.assertEqual(self.run_target("1"), [(1, "one")])
+        query(self.admin, "ALTER TABLE prep_alter ALTER COLUMN id TYPE text")
+        self.assertEqual(self.run_target("2"), [("2", "two")])  # not "text = integer"
+        with transaction.atomic():
+            self.assertEqual(self.run_target("1"), [("1", "one")])
+        stats = stats_of("alter")
+        self.assertEqual((stats["hits"], stats["reprepares"], stats["fallbacks"]), (3, 1, 0))
 
     def test_a_column_added_needs_no_new_statement(self):
         self.assertEqual(self.run_target(1), [(1, "one")])
@@ -624,9 +675,37 @@ class RewriteTests(PreparedTestCase):
             parameter_types([1, 2**40, 1.5, float("inf"), decimal.Decimal(1), True, "s", None,
                              datetime.date(2024, 1, 1), datetime.datetime(2024, 1, 1),
                              datetime.datetime(2024, 1, 1, tzinfo=UTC), [1], b"x"]),
-            ("int4", "int8", "numeric", "float8", "numeric", "bool", "unknown", "unknown",
-             "date", "timestamp", "timestamptz", "unknown", "bytea"),
+            ("int4", "int8", "numeric", "float8", "int4", "bool", "unknown", "unknown",
+             "date", "timestamp", "timestamptz", "int4[]", "bytea"),
         )  # fmt: skip
+        self.assertEqual(
+            parameter_types([decimal.Decimal("2.0"), decimal.Decimal("NaN"), [1, 2**40],
+                             [1.5, 1], ["a", None], [], _Datetime(2024, 1, 1)]),
+            ("numeric", "numeric", "int8[]", "numeric[]", "text[]", "unknown", "timestamp"),
+        )  # fmt: skip
+        for untyped in ([None], [[1]], [1, "a"]):  # (run unprepared)
+            self.assertIsNone(parameter_types([untyped]), untyped)
+
+    def test_raw_sql_gives_what_psycopg2s_literals_give(self):
+        cases = [
+            ("SELECT 7 / %s, pg_typeof(%s)::text", [decimal.Decimal("2")] * 2),
+            ("SELECT id FROM shop_review WHERE id IN (%s, %s) ORDER BY id", [1.5, 2**40]),
+            ("SELECT count(*) FROM shop_review WHERE id IN (%s, %s)", ["1", "2"]),
+            ("SELECT count(*) AS n FROM shop_review WHERE id = ANY(%s)", [[2.5]]),
+            ("SELECT %s", [_Datetime(2024, 1, 1, tzinfo=UTC)]),
+        ]
+        for sql, params in cases:
+            with self.subTest(sql):
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    unprepared = cursor.fetchall()
+                connection.database.add_prepare_target(sql, name=sql)
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    self.assertEqual(cursor.fetchall(), unprepared)
+                self.assertEqual(stats_of(sql)["hits"], 1)
+        with self.assertRaises(TypeError), connection.cursor() as cursor:  # as psycopg2 says
+            cursor.execute("SELECT id FROM shop_review WHERE id = %s", [1, 2])
 
 
 class GuardReleaseTests(PreparedTestCase):

@@ -307,6 +307,9 @@ class LeaseCursor(_PSYCOPG2_CURSOR):
                 record.dirty = True
                 if may_prepare(query):
                     record.deallocate = True
+                    # It may have dropped ours, or prepared its own under our names:
+                    # prepare ours again (PREPARE of a name in use is caught: prepared.py).
+                    record.statements.clear()
             return
         if isinstance(query, bytes):
             self._note(query.decode("utf-8", "replace"))
@@ -371,9 +374,10 @@ class LeaseCursor(_PSYCOPG2_CURSOR):
 
     def _run(self, method: Any, query: Any, args: Any, prepared_run: bool = False) -> Any:
         record = self._record
-        if not record.deallocate and (  # else the fullest reset is due already
-            type(query) is not str or _verdicts.get(query) is not False
-        ):
+        if record.deallocate:  # the fullest reset is due already; but see _note()
+            if record.statements and (type(query) is not str or may_prepare(query)):
+                record.statements.clear()
+        elif type(query) is not str or _verdicts.get(query) is not False:
             self._note(query)
         if not prepared_run:  # (a prepared run does both itself)
             if self._shown is not None:

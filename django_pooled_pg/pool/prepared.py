@@ -92,11 +92,41 @@ def _float_type(value: float) -> str:
     return "numeric" if math.isfinite(value) else "float8"
 
 
+def _decimal_type(value: decimal.Decimal) -> str:
+    # psycopg2 writes str(value): "2" is an integer constant (7 / 2 is integer division
+    # there), "2.0", "2E+1" and 'NaN'::numeric are numeric.
+    if value.is_finite() and value.as_tuple().exponent == 0:  # type: ignore[comparison-overlap]
+        return _int_type(int(value))
+    return "numeric"
+
+
+#: The element types an array parameter may declare, and which of them one array with
+#: elements of several (numbers) is declared as.
+_NUMBER_WIDTH = {"int4": 0, "int8": 1, "numeric": 2}
+
+
+def _list_type(values: list[Any]) -> str | None:
+    """The array type psycopg2's ARRAY[...] of ``values`` has; None when there is no one
+    type to declare (mixed, nested, or only NULLs: then the statement runs unprepared)."""
+    types = {parameter_type(value) for value in values if value is not None}
+    if not types:
+        return "unknown" if not values else None  # ('{}' is an untyped literal)
+    if types <= _NUMBER_WIDTH.keys():
+        return max(types, key=_NUMBER_WIDTH.__getitem__) + "[]"
+    if len(types) == 1:
+        (element,) = types
+        if element not in ("unknown", "float8") and not element.endswith("[]"):
+            return element + "[]"
+        if element == "unknown" and all(type(v) is str or v is None for v in values):
+            return "text[]"  # (ARRAY['a'] is text[])
+    return None
+
+
 _TYPE_OF: dict[type, Any] = {
     int: _int_type,
     float: _float_type,
     bool: lambda _: "bool",
-    decimal.Decimal: lambda _: "numeric",
+    decimal.Decimal: _decimal_type,
     datetime.datetime: lambda v: "timestamp" if v.tzinfo is None else "timestamptz",
     datetime.date: lambda _: "date",
     datetime.time: lambda v: "time" if v.tzinfo is None else "timetz",
@@ -105,17 +135,51 @@ _TYPE_OF: dict[type, Any] = {
     bytes: lambda _: "bytea",
     bytearray: lambda _: "bytea",
     memoryview: lambda _: "bytea",
+    list: _list_type,
 }
 
 
-def parameter_types(arguments: Sequence[Any]) -> tuple[str, ...]:
+def _typer(kind: type) -> Any:
+    """_TYPE_OF's entry for ``kind`` or its nearest base class (psycopg2 adapts a subclass,
+    an IntEnum or freezegun's datetime, as its base), remembered per class."""
+    typer = _TYPE_OF.get(kind)
+    if typer is None:
+        base = next((base for base in kind.__mro__[1:] if base in _TYPE_OF), None)
+        typer = _TYPE_OF.get(base, _UNKNOWN) if base is not None else _UNKNOWN
+        if len(_TYPE_OF) < 1000:
+            _TYPE_OF[kind] = typer
+    return typer
+
+
+def _UNKNOWN(_: Any) -> str:
+    return "unknown"
+
+
+def parameter_type(value: Any) -> str | None:
+    return _typer(type(value))(value)  # type: ignore[no-any-return]
+
+
+def parameter_types(arguments: Sequence[Any]) -> tuple[str, ...] | None:
     """The declared type of each argument; ``unknown`` lets the server infer it, as it
-    does for psycopg2's quoted strings, NULLs, arrays and JSON."""
+    does for psycopg2's quoted strings, NULLs and JSON. None: an argument has no type to
+    declare that would keep the unprepared statement's meaning (run it unprepared)."""
     types = []
     for value in arguments:
-        typer = _TYPE_OF.get(type(value))
-        types.append("unknown" if typer is None else typer(value))
+        declared = _typer(type(value))(value)
+        if declared is None:
+            return None
+        types.append(declared)
     return tuple(types)
+
+
+def _array_literal(values: list[str | None]) -> str:
+    """An IN list of strings as one array literal of unknown type: the server reads each
+    element as the column's type, as it reads the quoted strings of ``IN ('a', 'b')``."""
+    quoted = (
+        "NULL" if v is None else '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        for v in values
+    )
+    return "{" + ",".join(quoted) + "}"
 
 
 #: Statement names by (shape, parameter types), for the life of the process: the same shape
@@ -202,19 +266,39 @@ class PrepareTarget:
 class _Plan:
     """How one concrete SQL string (Django's, with one IN-list length) maps onto a target."""
 
-    __slots__ = ("target", "slices", "placeholders")
+    __slots__ = ("target", "slices", "placeholders", "count")
 
     def __init__(self, target: PrepareTarget, slices: tuple[Any, ...]) -> None:
         self.target = target
         #: per $n: the index of its parameter, or a slice (an IN list packed as an array)
         self.slices = slices
         self.placeholders = ", ".join(["%s"] * len(slices))
+        #: how many parameters the SQL takes (psycopg2 refuses any other number)
+        self.count = sum(1 if type(i) is int else i.stop - i.start for i in slices)
 
     def arguments(self, params: Sequence[Any]) -> list[Any] | None:
+        """The EXECUTE's arguments, or None: run the statement as given (parameters of
+        another shape, or an IN list whose elements have no one type)."""
         try:
-            return [params[i] if type(i) is int else list(params[i]) for i in self.slices]
+            if len(params) != self.count:
+                return None
+            arguments = []
+            for i in self.slices:
+                if type(i) is int:
+                    arguments.append(params[i])
+                    continue
+                values = list(params[i])
+                if all(type(v) is str or v is None for v in values):
+                    if all(v is None for v in values):
+                        return None
+                    arguments.append(_array_literal(values))
+                elif _list_type(values) is None:
+                    return None
+                else:
+                    arguments.append(values)
+            return arguments
         except (IndexError, TypeError, KeyError):
-            return None  # not the parameters this shape takes: run it as given
+            return None
 
 
 def _rewrite(sql: str) -> tuple[str, str, tuple[Any, ...]] | None:
@@ -381,6 +465,10 @@ class PreparedTargets:
             run_unprepared(cursor, record, query, params)
             return
         signature = parameter_types(arguments)
+        if signature is None:
+            target.count("fallbacks")
+            run_unprepared(cursor, record, query, params)
+            return
         name = target.statement_name(signature)
         statements = record.statements
         # Inside a transaction, or about to be: psycopg2 begins one unless it believes one
@@ -496,8 +584,12 @@ class PreparedTargets:
 
 def _plan_went_stale(error: psycopg2.Error) -> bool:
     # 0A000 "cached plan must not change result type" after a schema change; 26000: the
-    # statement is gone (the holder deallocated it).
-    return error.pgcode == "26000" or (error.pgcode == "0A000" and "cached plan" in str(error))
+    # statement is gone (the holder deallocated it); 42883 and 42804 (no such operator,
+    # datatype mismatch): a parameter type the server inferred at PREPARE no longer fits
+    # (ALTER COLUMN ... TYPE, another search_path), which a new PREPARE infers again.
+    return error.pgcode in ("26000", "42883", "42804") or (
+        error.pgcode == "0A000" and "cached plan" in str(error)
+    )
 
 
 #: Puts back the session's own plan_cache_mode (the server's, role's or connection's).
