@@ -542,6 +542,8 @@ class MultiProcessTests(SimpleTestCase):
         (section,) = status_json("--alias", "default")["aliases"]
         unpublished = {row["backend_pid"]: row for row in section["unpublished_sessions"]}
         self.assertEqual(unpublished[other_pid]["who"], "another client")
+        user = query(other, "SELECT current_user")[0][0]
+        self.assertNotIn(user, unpublished[other_pid].values(), "no role names shown")
         publishers = {row["who"] for row in unpublished.values() if "publisher" in row["who"]}
         self.assertIn(f"status publisher of web-a pid {self.web_a.pid}", publishers)
         self.assertIn(f"status publisher of web-b pid {self.web_b.pid}", publishers)

@@ -4,6 +4,7 @@ import logging
 import threading
 import time
 
+import psycopg2.errors
 from django.db import DatabaseError, connection, connections, transaction
 from shop.models import Category
 
@@ -183,6 +184,12 @@ class AsTableTests(PoolTestCase):
         self.assertTrue(table[0].startswith("pid"))
         self.assertIn("b/c.py:3 in f", table[2])
 
+    def test_a_pool_without_connections_shows_the_header(self):
+        table = format_table([]).splitlines()
+        self.assertEqual(len(table), 2)
+        self.assertTrue(table[0].startswith("pid"))
+        self.assertIn("pid", self.make_pool().as_table())
+
 
 class TrackingLevelTests(PoolTestCase):
     def test_off_counts_nothing_per_query_and_refuses_snapshots(self):
@@ -208,6 +215,23 @@ class TrackingLevelTests(PoolTestCase):
 
 
 class QueryStatisticsTests(PoolTestCase):
+    def test_psycopg2_sql_objects_run_and_are_counted_by_their_text(self):
+        from psycopg2 import sql
+
+        for level in ("counters", "stacks"):
+            with self.subTest(level):
+                pool = self.make_pool(tracking=level)
+                handle = pool.checkout()
+                with handle.cursor() as cursor:
+                    cursor.execute(sql.SQL("SELECT {}").format(sql.Literal(7)))
+                    self.assertEqual(cursor.fetchall(), [(7,)])
+                    with self.assertRaises(psycopg2.errors.DivisionByZero):  # its own error
+                        cursor.execute(sql.SQL("SELECT 1 / 0"))
+                handle.close()
+                shapes = [row["sql"] for row in pool.top_queries()]
+                self.assertIn("SELECT ?", shapes)
+                self.assertIn("SELECT ? / ?", shapes)
+
     def test_normalization_replaces_literals_and_folds_lists(self):
         self.assertEqual(
             normalize("SELECT * FROM t WHERE a = 'x''y' AND b IN (1, 2, 3) AND c = 4.5"),

@@ -370,7 +370,8 @@ class LeaseCursor(_PSYCOPG2_CURSOR):
         if tracker is None:
             self._c_copy_expert(sql, file, size)
         else:
-            tracker.run(record, lambda q, f: self._c_copy_expert(q, f, size), sql, file, self)
+            run = lambda q, f: self._c_copy_expert(sql, f, size)  # noqa: E731
+            tracker.run(record, run, _query_text(sql, self), file, self)
 
     def _run(self, method: Any, query: Any, args: Any, prepared_run: bool = False) -> Any:
         record = self._record
@@ -394,6 +395,9 @@ class LeaseCursor(_PSYCOPG2_CURSOR):
         tracker = self._handle._pool.tracker
         if tracker is None:
             return method(query, args)
+        if type(query) is not str and type(query) is not bytes:  # psycopg2.sql's objects
+            run = lambda q, a: method(query, a)  # noqa: E731
+            return tracker.run(record, run, _query_text(query, self), args, self)
         return tracker.run(record, method, query, args, self)
 
     def fetchone(self) -> Any:
@@ -442,6 +446,17 @@ class NamedLeaseCursor(LeaseCursor):
     def close(self) -> None:
         if self._lease == self._handle._lease:
             self._c_close()
+
+
+def _query_text(query: Any, cursor: Any) -> Any:
+    """What the query statistics count ``query`` as: its text. psycopg2.sql's Composed and
+    SQL objects run as given, but cannot be hashed (the statistics are a dict by text)."""
+    if type(query) is str or type(query) is bytes:
+        return query
+    try:
+        return query.as_string(cursor)
+    except Exception:  # not a psycopg2.sql object: its str(), for counting only
+        return str(query)
 
 
 _CURSOR_QUERY = _PSYCOPG2_CURSOR.__dict__["query"]

@@ -112,7 +112,8 @@ class QueryStats:
         if order_by not in keys:
             raise ValueError(f"order_by must be one of {', '.join(keys)}, not {order_by!r}")
         with self._lock:
-            items = [(shape, list(entry)) for shape, entry in self._entries.items()]
+            # (count 0: an entry the C query timer made and has not counted into yet)
+            items = [(shape, list(e)) for shape, e in self._entries.items() if e[0] > 0]
         items.sort(key=lambda item: keys[order_by](item[1]), reverse=True)
         return [
             {

@@ -224,7 +224,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                 short_path(row["leased_at"]) if row["leased_at"] else "",
             )
         )
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    widths = [max([len(h), *(len(line[i]) for line in lines)]) for i, h in enumerate(headers)]
     out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     out.append("  ".join("-" * w for w in widths))
     out.extend(

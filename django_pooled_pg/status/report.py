@@ -44,8 +44,9 @@ FROM {TABLE}
 WHERE published_at >= statement_timestamp() - make_interval(secs => %s)
 ORDER BY alias, host, pid"""
 
+#: (No role names: the page shows none of the connection settings' user names.)
 _ACTIVITY = """
-SELECT pid, datname, usename, application_name, state, backend_type,
+SELECT pid, datname, application_name, state, backend_type,
        xact_start, EXTRACT(EPOCH FROM statement_timestamp() - xact_start),
        EXTRACT(EPOCH FROM statement_timestamp() - state_change), wait_event_type, wait_event,
        left(regexp_replace(query, '\\s+', ' ', 'g'), 200)
@@ -53,7 +54,7 @@ FROM pg_stat_activity
 WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'
 ORDER BY pid"""
 _ACTIVITY_COLUMNS = (
-    "backend_pid", "datname", "user", "application_name", "state", "backend_type",
+    "backend_pid", "datname", "application_name", "state", "backend_type",
     "xact_start", "xact_s", "state_s", "wait_event_type", "wait_event", "query",
 )  # fmt: skip
 #: Wait events of a session that is merely idle (waiting for its client), not stuck.

@@ -74,10 +74,10 @@ def _alias(section: dict[str, Any], stacks: bool, queries: int, verbosity: int) 
         out += [
             "  " + line
             for line in align(
-                ("backend", "who", "application_name", "user", "state", "for", "wait", "query"),
+                ("backend", "who", "application_name", "state", "for", "wait", "query"),
                 [
                     [str(r["backend_pid"]), r["who"], r["application_name"] or "",
-                     r["user"] or "", r["state"] or "", _maybe(r["state_s"]), _wait(r),
+                     r["state"] or "", _maybe(r["state_s"]), _wait(r),
                      _cut(r["query"], 60)]
                     for r in unpublished
                 ],
