@@ -543,6 +543,8 @@ class ConfigTests(PoolTestCase):
             ({"timeout": -1}, "timeout must be a number of seconds > 0"),
             ({"max_idle": -5}, "max_idle must be a number of seconds >= 0, not -5"),
             ({"handoff_after": -1}, "handoff_after must be a number of seconds >= 0, not -1"),
+            ({"timeout": float("nan")}, "timeout must be a number of seconds > 0, not nan"),
+            ({"max_lifetime": float("nan")}, "max_lifetime must be a number of seconds >= 0"),
             ({"handoff_after": None}, "handoff_after must be a number of seconds, not None"),
             ({"max_size": "10"}, "max_size must be an integer, not '10'"),
             ({"max_size": True}, "max_size must be an integer, not True"),

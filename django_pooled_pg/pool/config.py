@@ -99,9 +99,9 @@ class PoolConfig:
             "idle_in_transaction_threshold", "handoff_after",
         ):  # fmt: skip
             value = getattr(self, name)
-            if value is not None and value < 0:
+            if value is not None and not value >= 0:  # (NaN too: it compares false)
                 problems.append(f"{name} must be a number of seconds >= 0, not {value}")
-        if self.timeout <= 0:
+        if not self.timeout > 0:
             problems.append(f"timeout must be a number of seconds > 0, not {self.timeout}")
         if self.max_prepared < 1:
             problems.append(f"max_prepared must be at least 1, not {self.max_prepared}")
