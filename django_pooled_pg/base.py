@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg2.extras
@@ -54,6 +57,10 @@ stacks.STOP_AT.update(
 )
 
 
+#: Set (per thread) while a _nodb_cursor() is open: see DatabaseWrapper._nodb_cursor.
+_unpooled = threading.local()
+
+
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     features_class = DatabaseFeatures
 
@@ -65,9 +72,22 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     @property
     def pool_config(self) -> PoolConfig | None:
         """This alias's pool options now (settings and configure_pool()); None: unpooled."""
-        if self.alias == NO_DB_ALIAS:
+        if self.alias == NO_DB_ALIAS or getattr(_unpooled, "depth", 0):
             return None  # CREATE/DROP DATABASE connections are never pooled
         return conf.pool_config(self.alias, self.settings_dict)
+
+    @contextmanager
+    def _nodb_cursor(self) -> Iterator[Any]:
+        # Django's postgresql version falls back, when the 'postgres' database refuses the
+        # connection, to a wrapper of this class for the first database under this alias:
+        # still a connection for CREATE/DROP DATABASE, so not pooled either.
+        depth = getattr(_unpooled, "depth", 0)
+        _unpooled.depth = depth + 1
+        try:
+            with super()._nodb_cursor() as cursor:
+                yield cursor
+        finally:
+            _unpooled.depth = depth
 
     @property
     def pool(self) -> None:

@@ -1,6 +1,7 @@
 """The Django integration: ENGINE switch, settings checks, test databases, aliases, baseline."""
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import re
@@ -147,6 +148,28 @@ class EngineTests(SimpleTestCase):
             self.assertNotIsInstance(cursor.db.connection, ConnectionHandle)
             cursor.execute("SELECT current_database()")
             self.assertEqual(cursor.fetchone(), ("postgres",))
+
+    def test_djangos_fallback_to_the_first_database_is_not_pooled_either(self):
+        # Without access to the 'postgres' database (managed hosting), Django opens the
+        # first database under this alias for CREATE/DROP DATABASE instead.
+        import warnings
+
+        import psycopg2
+        from django.db.backends.base.base import BaseDatabaseWrapper
+
+        def no_postgres_database(self):
+            raise psycopg2.OperationalError('permission denied for database "postgres"')
+
+        nodb = BaseDatabaseWrapper._nodb_cursor
+        BaseDatabaseWrapper._nodb_cursor = contextlib.contextmanager(no_postgres_database)
+        self.addCleanup(setattr, BaseDatabaseWrapper, "_nodb_cursor", nodb)
+        with warnings.catch_warnings(record=True), connection._nodb_cursor() as cursor:
+            self.assertNotIsInstance(cursor.db.connection, ConnectionHandle)
+            cursor.execute("SELECT current_database()")
+            self.assertEqual(cursor.fetchone(), (connection.settings_dict["NAME"],))
+        connection.ensure_connection()  # the alias itself is pooled as before
+        self.assertIsInstance(connection.connection, ConnectionHandle)
+        connection.close()
 
     def test_override_settings_databases_gets_fresh_pools(self):
         connection.ensure_connection()
