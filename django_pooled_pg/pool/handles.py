@@ -241,9 +241,7 @@ class ConnectionHandle:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        conn = self._live()
-        self._record.release_pending = False  # (it commits or rolls back, as below)
-        conn.__exit__(*exc)
+        self._live().__exit__(*exc)
 
     def __repr__(self) -> str:
         state = "leased" if self._conn is not None else "returned"

@@ -145,7 +145,7 @@ def _typer(kind: type) -> Any:
     typer = _TYPE_OF.get(kind)
     if typer is None:
         base = next((base for base in kind.__mro__[1:] if base in _TYPE_OF), None)
-        typer = _TYPE_OF.get(base, _UNKNOWN) if base is not None else _UNKNOWN
+        typer = _UNKNOWN if base is None else _TYPE_OF[base]
         if len(_TYPE_OF) < 1000:
             _TYPE_OF[kind] = typer
     return typer
@@ -163,13 +163,8 @@ def parameter_types(arguments: Sequence[Any]) -> tuple[str, ...] | None:
     """The declared type of each argument; ``unknown`` lets the server infer it, as it
     does for psycopg2's quoted strings, NULLs and JSON. None: an argument has no type to
     declare that would keep the unprepared statement's meaning (run it unprepared)."""
-    types = []
-    for value in arguments:
-        declared = _typer(type(value))(value)
-        if declared is None:
-            return None
-        types.append(declared)
-    return tuple(types)
+    types = tuple(parameter_type(value) for value in arguments)
+    return None if None in types else types  # type: ignore[return-value]
 
 
 def _array_literal(values: list[str | None]) -> str:
@@ -277,8 +272,7 @@ class _Plan:
         self.count = sum(1 if type(i) is int else i.stop - i.start for i in slices)
 
     def arguments(self, params: Sequence[Any]) -> list[Any] | None:
-        """The EXECUTE's arguments, or None: run the statement as given (parameters of
-        another shape, or an IN list whose elements have no one type)."""
+        """The EXECUTE's arguments, or None: parameters of another shape, run as given."""
         try:
             if len(params) != self.count:
                 return None
@@ -288,12 +282,9 @@ class _Plan:
                     arguments.append(params[i])
                     continue
                 values = list(params[i])
+                # (Other lists go as arrays, typed by parameter_types(): or unprepared.)
                 if all(type(v) is str or v is None for v in values):
-                    if all(v is None for v in values):
-                        return None
                     arguments.append(_array_literal(values))
-                elif _list_type(values) is None:
-                    return None
                 else:
                     arguments.append(values)
             return arguments
@@ -524,8 +515,7 @@ class PreparedTargets:
         if not guarded:
             cursor.execute(sql, arguments)
             return
-        prefix = f"{record.guard_release}; " if record.release_pending else ""
-        record.release_pending = False
+        prefix = _take_pending_release(record)
         # The savepoint stays open after a success: the holder's next statement releases
         # it in its own round trip (see release_guard_first), since psycopg2 returns the
         # result of the last statement of a string and that must be the EXECUTE.
@@ -607,12 +597,19 @@ def _holders_plan_cache_mode(record: ConnectionRecord) -> str:
     # The holder may have chosen one: ask, in a round trip of its own (psycopg2 returns
     # only the last result of a string, and that must be the EXECUTE's).
     # (On a cursor of psycopg2's own class: the holder's may return dicts or name tuples.)
-    prefix = f"{record.guard_release}; " if record.release_pending else ""
-    record.release_pending = False
+    prefix = _take_pending_release(record)
     with record.conn.cursor() as plain:
         plain.execute(f"{prefix}SELECT current_setting('plan_cache_mode')")
         (mode,) = plain.fetchone()
         return plain.mogrify("SET LOCAL plan_cache_mode = %s", [mode]).decode()  # type: ignore[no-any-return]
+
+
+def _take_pending_release(record: ConnectionRecord) -> str:
+    """The guard release the last EXECUTE left to the next statement, as a prefix for a
+    string ("" if none); the next statement is the caller's from now on."""
+    prefix = f"{record.guard_release}; " if record.release_pending else ""
+    record.release_pending = False
+    return prefix
 
 
 def run_unprepared(cursor: Any, record: ConnectionRecord, query: Any, params: Any) -> None:
