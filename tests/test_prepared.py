@@ -722,13 +722,23 @@ class GuardReleaseTests(PreparedTestCase):
             list(Review.objects.filter(rating=4))
             with connection.cursor() as cursor:
                 cursor.callproc("pg_backend_pid")
+            list(Review.objects.filter(rating=1))
+            with connection.cursor() as cursor:
+                copied = __import__("io").StringIO()
+                cursor.copy_to(copied, "shop_review", columns=["rating"])
+                cursor.execute("CREATE TEMP TABLE guard_copy (rating int)")
+                list(Review.objects.filter(rating=1))
+                copied.seek(0)
+                cursor.copy_from(copied, "guard_copy")
+                cursor.execute("SELECT count(*) FROM guard_copy")
+                self.assertEqual(cursor.fetchone(), (Review.objects.count(),))
             sid = transaction.savepoint()
             list(Review.objects.filter(rating=5))
             transaction.savepoint_rollback(sid)  # the holder's savepoint is still there
             with connection.cursor() as cursor:
                 cursor.execute("SELECT count(*) FROM pg_prepared_statements")
                 self.assertEqual(cursor.fetchone(), (1,))
-        self.assertEqual(stats_of("guard")["hits"], 4)
+        self.assertEqual(stats_of("guard")["hits"], 6)
 
     def test_a_transaction_ended_without_the_handles_commit_leaves_no_release_behind(self):
         # The guard savepoint ends with the transaction: a RELEASE of it sent later would

@@ -198,6 +198,22 @@ class SessionResetTests(PoolTestCase):
         finally:
             handle.close()
 
+    def test_a_holders_setseed_leaves_the_next_holders_random_unpredictable(self):
+        other = admin_connection()
+        self.addCleanup(other.close)
+        _, first, second = query(other, "SELECT setseed(0.5), random(), random()")[0]
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        self.assertEqual(query(handle, "SELECT setseed(0.5), random()")[0][1], first)
+        pid = handle.record.backend_pid
+        handle.close()
+        handle = pool.checkout()
+        try:
+            self.assertEqual(handle.record.backend_pid, pid)  # the same session
+            self.assertNotEqual(query(handle, "SELECT random()")[0][0], second)
+        finally:
+            handle.close()
+
     def test_a_configured_isolation_level_holds_for_transactions_alone_on_every_lease(self):
         # As in Django's own connections: on the transactions psycopg2 begins, not on
         # autocommit statements. After a reset (with RESET ALL, or restoring psycopg2's
@@ -353,6 +369,7 @@ class ResetSkipTests(PoolTestCase):
             "SELECT set_config('plan_cache_mode', 'force_custom_plan', true)",
             "SELECT nextval('s')",
             "SELECT setval('s', 5)",
+            "SELECT setseed(0.5)",
         ]
         clean = [
             "SELECT 1",

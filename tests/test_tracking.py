@@ -174,6 +174,34 @@ class AsTableTests(PoolTestCase):
         for thread in threads:
             thread.join(20)
 
+    def test_a_named_cursor_is_active_while_it_fetches_and_idle_only_after(self):
+        # QuerySet.iterator() streams through a named cursor: its fetches are statements.
+        pool = self.make_pool(idle_in_transaction_threshold=0.1, timeout=20)
+        handle = pool.checkout()
+        handle.autocommit = False
+        cursor = handle.cursor(name="stream")
+        cursor.itersize = 1
+        cursor.execute("SELECT g, pg_sleep(CASE WHEN g = 3 THEN 30 ELSE 0 END) "
+                       "FROM generate_series(1, 3) g")  # fmt: skip
+        self.assertEqual(cursor.fetchone()[0], 1)
+        wait_until(
+            lambda: pool.snapshot()[0]["state"] == "idle in transaction", what="idle in tx"
+        )
+        self.assertEqual(next(cursor)[0], 2)  # a FETCH: no longer idle
+        self.assertEqual(pool.snapshot()[0]["state"], "in transaction")
+        pid = handle.record.backend_pid
+        fetching = threading.Thread(target=lambda: self.assertRaises(Exception, cursor.fetchall))
+        fetching.start()
+        self.addCleanup(fetching.join, 20)
+        wait_until(
+            lambda: query(admin_connection(), "SELECT state FROM pg_stat_activity WHERE pid = %s",
+                          [pid]) == [("active",)], what="the FETCH running")  # fmt: skip
+        self.assertEqual(pool.snapshot()[0]["state"], "active")
+        query(admin_connection(), "SELECT pg_cancel_backend(%s)", [pid])
+        fetching.join(20)
+        handle.rollback()
+        handle.close()
+
     def test_format_table_aligns_columns(self):
         rows = [
             {"backend_pid": 1, "state": "leased", "state_s": 0.5, "thread": "t", "age_s": 10,
@@ -231,6 +259,23 @@ class QueryStatisticsTests(PoolTestCase):
                 shapes = [row["sql"] for row in pool.top_queries()]
                 self.assertIn("SELECT ?", shapes)
                 self.assertIn("SELECT ? / ?", shapes)
+
+    def test_copy_from_and_copy_to_are_counted_and_tracked(self):
+        import io
+
+        pool = self.make_pool(tracking="counters")
+        handle = pool.checkout()
+        with handle.cursor() as cursor:
+            cursor.execute("CREATE TEMP TABLE copied (n int)")
+            cursor.copy_from(io.StringIO("1\n2\n3\n"), "copied")
+            out = io.StringIO()
+            cursor.copy_to(out, "copied", columns=["n"])
+        self.assertEqual(out.getvalue(), "1\n2\n3\n")
+        self.assertEqual(pool.snapshot()[0]["last_query"], "COPY copied TO STDOUT")
+        handle.close()
+        counted = {row["sql"]: row for row in pool.top_queries()}
+        self.assertEqual(counted["COPY copied FROM STDIN"]["rows"], 3)
+        self.assertEqual(counted["COPY copied TO STDOUT"]["count"], 1)
 
     def test_normalization_replaces_literals_and_folds_lists(self):
         self.assertEqual(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
 import psycopg2.extensions
@@ -279,6 +280,8 @@ class LeaseCursor(_PSYCOPG2_CURSOR):
     _c_executemany = _PSYCOPG2_CURSOR.executemany
     _c_callproc = _PSYCOPG2_CURSOR.callproc
     _c_copy_expert = _PSYCOPG2_CURSOR.copy_expert
+    _c_copy_from = _PSYCOPG2_CURSOR.copy_from
+    _c_copy_to = _PSYCOPG2_CURSOR.copy_to
     _c_fetchone = _PSYCOPG2_CURSOR.fetchone
     _c_fetchmany = _PSYCOPG2_CURSOR.fetchmany
     _c_fetchall = _PSYCOPG2_CURSOR.fetchall
@@ -371,6 +374,25 @@ class LeaseCursor(_PSYCOPG2_CURSOR):
             run = lambda q, f: self._c_copy_expert(sql, f, size)  # noqa: E731
             tracker.run(record, run, _query_text(sql, self), file, self)
 
+    def copy_from(self, file: Any, table: str, *args: Any, **kwargs: Any) -> None:
+        self._copy(f"COPY {table} FROM STDIN", self._c_copy_from, file, table, args, kwargs)
+
+    def copy_to(self, file: Any, table: str, *args: Any, **kwargs: Any) -> None:
+        self._copy(f"COPY {table} TO STDOUT", self._c_copy_to, file, table, args, kwargs)
+
+    def _copy(self, text: str, method: Any, file: Any, table: str, args: Any, kwargs: Any) -> None:
+        """copy_from()/copy_to(): tracked and counted (as ``text``) like copy_expert()."""
+        self._live()
+        record = self._record
+        if record.release_pending:
+            release_guard(self, record)
+        tracker = self._handle._pool.tracker
+        if tracker is None:
+            method(file, table, *args, **kwargs)
+        else:
+            run = lambda q, f: method(f, table, *args, **kwargs)  # noqa: E731
+            tracker.run(record, run, text, file, self)
+
     def _run(self, method: Any, query: Any, args: Any, prepared_run: bool = False) -> Any:
         record = self._record
         if record.deallocate:  # the fullest reset is due already; but see _note()
@@ -444,6 +466,36 @@ class NamedLeaseCursor(LeaseCursor):
     def close(self) -> None:
         if self._lease == self._handle._lease:
             self._c_close()
+
+    # Its fetches are statements (FETCH on the server): the tracker shows the connection
+    # active while one runs and idle from the end of the last one, so a view streaming
+    # a queryset with .iterator() is not reported idle in transaction between batches.
+    def fetchone(self) -> Any:
+        self._live()
+        return _timed_fetch(self._record, self._c_fetchone)
+
+    def fetchmany(self, size: int | None = None) -> Any:
+        self._live()
+        if size is None:
+            return _timed_fetch(self._record, self._c_fetchmany)
+        return _timed_fetch(self._record, self._c_fetchmany, size)
+
+    def fetchall(self) -> Any:
+        self._live()
+        return _timed_fetch(self._record, self._c_fetchall)
+
+    def __next__(self) -> Any:
+        self._live()
+        return _timed_fetch(self._record, self._c_next)
+
+
+def _timed_fetch(record: ConnectionRecord, fetch: Any, *args: Any) -> Any:
+    record.query_started = _monotonic()
+    try:
+        return fetch(*args)
+    finally:
+        record.query_ended = _monotonic()
+        record.query_started = 0.0
 
 
 def _query_text(query: Any, cursor: Any) -> Any:

@@ -28,7 +28,7 @@ from .forks import MARK as _FORK_MARK
 from .handles import ConnectionHandle, _lease_numbers, forwarding_class
 from .prepared import PreparedTargets, PrepareTarget
 from .record import ConnectionRecord
-from .session import DEALLOCATE_SQL, RESET_SQL
+from .session import DEALLOCATE_SQL, RESET_SQL, reseed_sql
 from .stacks import capture, first_user_frame, format_stack
 from .tracker import Tracker, format_table
 
@@ -778,7 +778,7 @@ class ConnectionPool:
                 conn.notifies = notifies
             mode = self.config.reset
             if mode == "always" or (record.dirty and mode == "auto"):
-                statements = [RESET_SQL]
+                statements = [RESET_SQL, reseed_sql()]
                 if record.deallocate:
                     # The holder may have prepared statements of its own. Ours go too;
                     # they are prepared again at their next use.

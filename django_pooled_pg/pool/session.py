@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+import secrets
 
-__all__ = ["DEALLOCATE_SQL", "RESET_SQL", "may_change_session", "may_prepare"]
+__all__ = ["DEALLOCATE_SQL", "RESET_SQL", "may_change_session", "may_prepare", "reseed_sql"]
 
 #: What DISCARD ALL does, minus DEALLOCATE ALL and DISCARD PLANS so that the pool's own
 #: prepared statements survive (PostgreSQL documents DISCARD ALL as this sequence).
@@ -14,6 +15,14 @@ RESET_SQL = (
     "CLOSE ALL; SET SESSION AUTHORIZATION DEFAULT; RESET ALL; UNLISTEN *; "
     "SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
 )
+
+def reseed_sql() -> str:
+    """Part of every reset: random()'s generator seeded afresh. DISCARD ALL leaves it as a
+    holder's setseed() put it (a new backend seeds it from a strong random source; this
+    seed comes from one too)."""
+    # setseed() takes a double in [-1, 1]: 53 random bits.
+    return f"SELECT setseed({secrets.randbits(53) / 2**52 - 1!r})"
+
 
 #: Added to the reset after a lease that may have prepared statements of its own: the
 #: pool's statements (kept by RESET_SQL) are prepared again lazily, the user's must go.
@@ -41,12 +50,13 @@ _SAFE_FIRST_WORDS = frozenset(
 #: Inside an otherwise safe statement: temporary objects (TEMP, pg_temp), session-level
 #: advisory locks (the xact ones end with the transaction), GUCs through set_config() or
 #: RESET, ROLE/AUTHORIZATION changes, LISTEN, cursors, prepared statements, and the
-#: sequence functions whose values currval() and lastval() would show the next holder.
+#: sequence functions whose values currval() and lastval() would show the next holder,
+#: and setseed(), after which the next holder's random() would be predictable.
 #: (A serial column's default calls nextval() unseen: see the README.)
 _RISKY_WORDS = (
     r"\btemp(?:orary)?\b|\bpg_temp|advisory_lock|set_config|\breset\b"
     r"|\bset\s+(?:session\s+)?(?:role|authorization)|\blisten\b|\bdeclare\b|\bprepare\b"
-    r"|\bnextval\b|\bsetval\b"
+    r"|\bnextval\b|\bsetval\b|\bsetseed\b"
 )
 #: A SET that is not SET LOCAL nor an upsert's "DO UPDATE SET" (inside DO bodies, say).
 _RISKY = re.compile(_RISKY_WORDS + r"|(?<!update\s)\bset\s+(?!local\b)", re.IGNORECASE)
