@@ -184,13 +184,19 @@ class AsTableTests(PoolTestCase):
         cursor.execute("SELECT g, pg_sleep(CASE WHEN g = 3 THEN 30 ELSE 0 END) "
                        "FROM generate_series(1, 3) g")  # fmt: skip
         self.assertEqual(cursor.fetchone()[0], 1)
-        wait_until(
-            lambda: pool.snapshot()[0]["state"] == "idle in transaction", what="idle in tx"
-        )
+        wait_until(lambda: pool.snapshot()[0]["state"] == "idle in transaction", what="idle in tx")
         self.assertEqual(next(cursor)[0], 2)  # a FETCH: no longer idle
         self.assertEqual(pool.snapshot()[0]["state"], "in transaction")
         pid = handle.record.backend_pid
-        fetching = threading.Thread(target=lambda: self.assertRaises(Exception, cursor.fetchall))
+        cancelled = []
+
+        def fetch_until_cancelled():
+            try:
+                cursor.fetchall()
+            except psycopg2.errors.QueryCanceled:
+                cancelled.append(True)
+
+        fetching = threading.Thread(target=fetch_until_cancelled)
         fetching.start()
         self.addCleanup(fetching.join, 20)
         wait_until(
@@ -199,6 +205,7 @@ class AsTableTests(PoolTestCase):
         self.assertEqual(pool.snapshot()[0]["state"], "active")
         query(admin_connection(), "SELECT pg_cancel_backend(%s)", [pid])
         fetching.join(20)
+        self.assertEqual(cancelled, [True])
         handle.rollback()
         handle.close()
 
@@ -290,6 +297,41 @@ class QueryStatisticsTests(PoolTestCase):
             normalize("INSERT INTO t (a, b) VALUES (%s, %s), (%s, %s), (%s, %s)"),
             "INSERT INTO t (a, b) VALUES (...)",
         )
+
+    def test_normalization_sees_comments_escapes_dollar_quotes_and_quoted_names(self):
+        cases = {
+            # sqlcommenter's tags differ per request: one shape all the same
+            "SELECT 1 /*traceparent='00-4bf9-01'*/": "SELECT ?",
+            "SELECT a -- it's a comment\nFROM t": "SELECT a FROM t",
+            # a backslash-escaped quote does not end an E'' string
+            "SELECT E'it\\'s', 2": "SELECT ?, ?",
+            "SELECT $$it's$$, $fn$ 'x' $$ $fn$, 3": "SELECT ?, ?, ?",
+            # quoted identifiers keep their quotes and digits
+            'SELECT "t1"."it\'s 2" FROM "t1"': 'SELECT "t1"."it\'s 2" FROM "t1"',
+            # bulk_create() of a model with defaults: rows with DEFAULT and NULL fold too
+            "INSERT INTO t VALUES (1, DEFAULT, NULL), (2, DEFAULT, 'x')":
+                "INSERT INTO t VALUES (...)",
+            "UPDATE t SET a = $1 WHERE b = ANY($2)": "UPDATE t SET a = $1 WHERE b = ANY(...)",
+        }  # fmt: skip
+        for sql, shape in cases.items():
+            with self.subTest(sql):
+                self.assertEqual(normalize(sql), shape)
+
+    def test_shapes_and_cached_texts_stay_small_whatever_the_statements_length(self):
+        from django_pooled_pg.pool import querystats, session
+
+        # execute_values() sends each batch as new text: 100 of 200,000 characters here.
+        stats = QueryStats(max_statements=1000)
+        for batch in range(100):
+            columns = ", ".join(f"c{batch}_{i}" for i in range(20_000))  # no two alike
+            stats.add(f"SELECT {columns} FROM t", 0.001, 1)
+            session.may_change_session(f"SELECT {columns} FROM t")
+        self.assertLessEqual(max(len(row["sql"]) for row in stats.top(100)), querystats.SHAPE_CHARS)
+        self.assertTrue(all(row["sql"].endswith("…") for row in stats.top(100)))
+        for cache in (stats.by_sql, stats._shapes):
+            self.assertLessEqual(sum(map(len, cache)), querystats._CACHED_CHARS)
+        self.assertLessEqual(sum(map(len, session._verdicts)), session._VERDICT_CHARS)
+        self.assertEqual(stats.top(1)[0]["count"], 1)
 
     def test_counts_are_exact_under_16_threads(self):
         pool = self.make_pool(max_size=16, tracking="counters")

@@ -8,23 +8,50 @@ from typing import Any
 
 __all__ = ["QueryStats", "normalize"]
 
-_STRING = re.compile(r"[EeBbXxNn]?'(?:[^']|'')*'")
-_NUMBER = re.compile(r"(?<![\w.$\"])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w\"])")
-_PLACEHOLDER = r"(?:\?|%s|%\(\w+\)s|\$\d+)"
+#: One pass over the lexical pieces whose contents vary between runs of one statement:
+#: comments (sqlcommenter's trace ids), string constants (standard, E'' with backslash
+#: escapes, B''/X''/N''/U&''), dollar quotes, and numbers. Quoted identifiers are matched
+#: only so that a quote or digit inside one is left alone.
+_PIECE = re.compile(
+    r"""(?P<comment>--[^\n]*|/\*.*?\*/)"""
+    r"""|(?P<ident>"(?:[^"]|"")*")"""
+    r"""|[Ee]'(?:[^'\\]|\\.|'')*'"""
+    r"""|(?:[BbXxNn]|[Uu]&)?'(?:[^']|'')*'"""
+    r"""|\$(?P<tag>(?:[A-Za-z_][A-Za-z_0-9]*)?)\$.*?\$(?P=tag)\$"""
+    r"""|(?<![\w.$"])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w"])""",
+    re.DOTALL,
+)
+_PLACEHOLDER = r"(?:\?|%s|%\(\w+\)s|\$\d+|(?i:default|null|true|false))"
 _LIST = re.compile(r"\(\s*(?:" + _PLACEHOLDER + r"\s*,\s*)*" + _PLACEHOLDER + r"\s*\)")
 _ROWS = re.compile(r"\(\.\.\.\)(?:\s*,\s*\(\.\.\.\))+")
 _SPACE = re.compile(r"\s+")
 
+#: Longer shapes are cut here (and end in "…"): statements that differ only past this
+#: point are counted as one, and no shape holds megabytes.
+SHAPE_CHARS = 2000
+
+#: The raw-text caches below hold at most this many characters each (per pool), however
+#: long the statements (execute_values() sends each batch as new text of any length).
+_CACHED_CHARS = 4_000_000
+
+
+def _piece(match: re.Match[str]) -> str:
+    kind = match.lastgroup  # (None for a string or a number)
+    if kind == "ident":
+        return match.group()
+    return " " if kind == "comment" else "?"
+
 
 def normalize(sql: str) -> str:
-    """One shape per statement: literals and parameters become ``?``, a parenthesised list
-    of them (``IN (%s, %s, %s)``, a VALUES row) becomes ``(...)``, and several such rows one.
+    """One shape per statement: comments go, literals and parameters become ``?``, a
+    parenthesised list of them (``IN (%s, %s, %s)``, a VALUES row, DEFAULT and NULL
+    included) becomes ``(...)``, and several such rows one.
     """
-    sql = _STRING.sub("?", sql)
-    sql = _NUMBER.sub("?", sql)
+    sql = _PIECE.sub(_piece, sql)
     sql = _LIST.sub("(...)", sql)
     sql = _ROWS.sub("(...)", sql)
-    return _SPACE.sub(" ", sql).strip()
+    sql = _SPACE.sub(" ", sql).strip()
+    return sql if len(sql) <= SHAPE_CHARS else sql[: SHAPE_CHARS - 1] + "…"
 
 
 class QueryStats:
@@ -43,6 +70,8 @@ class QueryStats:
         self.by_sql: dict[Any, list[Any]] = {}
         # raw SQL -> shape, to spare normalize() after an eviction cleared by_sql
         self._shapes: dict[Any, str] = {}
+        # characters of raw SQL in by_sql and _shapes: each is cleared past _CACHED_CHARS
+        self._by_sql_chars = self._shapes_chars = 0
         self.evictions = 0
 
     def add(self, sql: Any, seconds: float, rows: int) -> None:
@@ -79,26 +108,38 @@ class QueryStats:
             if not isinstance(text, str):
                 text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
             shape = normalize(text)
-            if len(self._shapes) >= 4 * self.max_statements:
+            size = len(sql)
+            if (
+                len(self._shapes) >= 4 * self.max_statements
+                or self._shapes_chars + size > _CACHED_CHARS
+            ):
                 self._shapes.clear()
+                self._shapes_chars = 0
             self._shapes[sql] = shape
+            self._shapes_chars += size
         entry = self._entries.get(shape)
         if entry is None:
             if len(self._entries) >= self.max_statements:
                 self._evict()
             # [count, total seconds, max seconds, rows]: add() counts this run
             entry = self._entries[shape] = [0, 0.0, 0.0, 0]
-        if len(self.by_sql) >= 4 * self.max_statements:
-            self.by_sql.clear()
+        size = len(sql)
+        if len(self.by_sql) >= 4 * self.max_statements or self._by_sql_chars + size > _CACHED_CHARS:
+            self._clear_by_sql()
         self.by_sql[sql] = entry
+        self._by_sql_chars += size
         return entry
+
+    def _clear_by_sql(self) -> None:
+        self.by_sql.clear()
+        self._by_sql_chars = 0
 
     def _evict(self) -> None:
         rarest = sorted(self._entries.items(), key=lambda item: item[1][0])
         drop = max(1, len(rarest) // 10)
         for shape, _ in rarest[:drop]:
             del self._entries[shape]
-        self.by_sql.clear()  # it may point at an evicted entry
+        self._clear_by_sql()  # it may point at an evicted entry
         self.evictions += drop
 
     def top(self, n: int = 10, order_by: str = "count") -> list[dict[str, Any]]:
@@ -137,5 +178,5 @@ class QueryStats:
     def reset(self) -> None:
         with self._lock:
             self._entries.clear()
-            self.by_sql.clear()
+            self._clear_by_sql()
             self.evictions = 0
