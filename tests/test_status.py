@@ -3,12 +3,14 @@ pool_status across real processes and host names, the staff page in a real brows
 bad input."""
 
 import ctypes
+import html
 import io
 import json
 import logging
 import os
 import queue
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -19,7 +21,8 @@ from django.contrib.auth.models import User
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
-from django.db import connection
+from django.conf import settings
+from django.db import connection, connections
 from django.test import LiveServerTestCase, SimpleTestCase, override_settings
 
 from django_pooled_pg import identity
@@ -662,9 +665,9 @@ class CommandInputTests(SimpleTestCase):
             pool_status("--alias", "replica")
 
     def test_watch_must_be_a_positive_number(self):
-        for value in ("0", "-1", "soon"):
+        for value in ("0", "-1", "soon", "inf", "nan"):
             with self.assertRaisesMessage(
-                CommandError, f"--watch must be a number of seconds > 0, not {value!r}"
+                CommandError, f"--watch must be a finite number of seconds > 0, not {value!r}"
             ):
                 pool_status("--watch", value)
 
@@ -672,7 +675,7 @@ class CommandInputTests(SimpleTestCase):
         result = run_cli("--watch", "0")
         self.assertEqual(result.returncode, 1)
         self.assertIn(
-            "CommandError: --watch must be a number of seconds > 0, not '0'", result.stderr
+            "CommandError: --watch must be a finite number of seconds > 0, not '0'", result.stderr
         )
         self.assertNotIn("Traceback", result.stderr)
 
@@ -680,6 +683,83 @@ class CommandInputTests(SimpleTestCase):
         renamed(self)
         with self.assertRaisesMessage(CommandError, "run 'manage.py migrate'"):
             pool_status()
+
+
+def a_port_nobody_listens_on():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class StatusDatabaseDownTests(SimpleTestCase):
+    """The status database unreachable, or refusing the login: a message, never a 500."""
+
+    databases = {"default"}
+
+    def status_database(self, **changes):
+        """A 'status' alias for the status database, for this test."""
+        status = settings_for(**changes)
+        overridden = override_settings(
+            DATABASES={**settings.DATABASES, "status": status},
+            POOLED_PG_STATUS={"database": "status", "publish": False},
+        )
+        overridden.enable()
+        self.addCleanup(overridden.disable)
+        # (django.db.connections reads DATABASES once: the alias is added there by hand)
+        configured = connections.configure_settings({"default": {}, "status": status})
+        connections.settings["status"] = configured["status"]
+        self.addCleanup(connections.settings.pop, "status")
+        cls = type(self)  # (SimpleTestCase refuses aliases not in databases)
+        self.addCleanup(setattr, cls, "databases", cls.databases)
+        cls.databases = frozenset(cls.databases | {"status"})
+        self.addCleanup(connections.__delitem__, "status")
+        self.addCleanup(lambda: connections["status"].close())
+
+    def test_the_page_json_and_command_say_why_with_503_and_a_command_error(self):
+        staff = make_user(self, "ops-down", is_staff=True)
+        port = a_port_nobody_listens_on()
+        self.status_database(HOST="127.0.0.1", PORT=str(port))
+        self.client.force_login(staff)
+        why = "could not read the pool snapshots from database alias 'status': connection to"
+        with self.assertLogs("django_pooled_pg.status", logging.WARNING):
+            page = self.client.get("/pool-status/")
+        self.assertEqual(page.status_code, 503)
+        self.assertIn(why, html.unescape(page.content.decode()))
+        self.assertIn(f"port {port} failed", html.unescape(page.content.decode()))
+        with self.assertLogs("django_pooled_pg.status", logging.WARNING):
+            fragment = self.client.get("/pool-status/fragment/")
+        self.assertEqual(fragment.status_code, 200)  # the page's script shows it
+        self.assertIn(why, html.unescape(fragment.content.decode()))
+        with self.assertLogs("django_pooled_pg.status", logging.WARNING):
+            data = self.client.get("/pool-status/json/")
+        self.assertEqual(data.status_code, 503)
+        self.assertIn(why, data.json()["error"])
+        with (
+            self.assertLogs("django_pooled_pg.status", logging.WARNING),
+            self.assertRaisesMessage(CommandError, why),
+        ):
+            pool_status()
+
+    def test_a_refused_login_is_shown_without_the_role_name(self):
+        staff = make_user(self, "ops-role", is_staff=True)
+        self.status_database(USER="dpp_no_such_role")
+        self.client.force_login(staff)
+        with self.assertLogs("django_pooled_pg.status", logging.WARNING) as logs:
+            page = html.unescape(self.client.get("/pool-status/").content.decode())
+        self.assertIn('role "…" does not exist', page)
+        self.assertNotIn("dpp_no_such_role", page)
+        self.assertIn("dpp_no_such_role", logs.output[0])  # the log has the whole message
+
+    def test_the_command_line_prints_the_reason_and_watch_keeps_trying(self):
+        url = f"postgres://postgres@127.0.0.1:{a_port_nobody_listens_on()}/postgres"
+        result = run_cli(url=url)
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("CommandError: could not read the pool snapshots", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+        result = run_cli("--watch", "0.1", "--count", "2", url=url)
+        self.assertEqual(result.returncode, 1, result.stderr)  # the last try failed too
+        self.assertEqual(result.stderr.count("trying again in 0.1 s"), 2, result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
 
 
 class PageTests(SimpleTestCase):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import collections
 import datetime
 import json
+import logging
+import re
 from typing import Any
 
 from django.conf import settings
@@ -21,13 +23,19 @@ from .conf import status_settings
 from .models import TABLE
 from .snapshot import merge_top_queries
 
-__all__ = ["StatusTableMissing", "UnknownAlias", "read_status"]
+__all__ = ["StatusTableMissing", "StatusUnavailable", "UnknownAlias", "read_status"]
+
+logger = logging.getLogger(__name__)
 
 #: Statements shown in the site-wide top list.
 TOP_QUERIES = 20
 
 
-class StatusTableMissing(Exception):
+class StatusUnavailable(Exception):
+    """The snapshots could not be read: the status database is down, refuses the login..."""
+
+
+class StatusTableMissing(StatusUnavailable):
     """The snapshot table is not in the status database (the app's migration did not run)."""
 
 
@@ -119,7 +127,11 @@ def _read_snapshots(database: str, expiry: float) -> list[dict[str, Any]]:
                 f"'django_pooled_pg.status' to INSTALLED_APPS and run 'manage.py migrate"
                 f"{'' if database == 'default' else ' --database ' + database}'"
             ) from None
-        raise
+        logger.warning("pool status: could not read the snapshots: %s", error)
+        raise StatusUnavailable(
+            f"could not read the pool snapshots from database alias {database!r}: "
+            f"{describe_error(error)}"
+        ) from None
     rows = []
     for host, pid, alias, app_name, started, published, age, data, history in fetched:
         rows.append(
@@ -131,6 +143,20 @@ def _read_snapshots(database: str, expiry: float) -> list[dict[str, Any]]:
             }
         )  # fmt: skip
     return rows
+
+
+#: libpq and the server name the role in some messages ('password authentication failed
+#: for user "app"'); the status output names none (the log has the whole message).
+_ROLE_NAME = re.compile(r'\b(user|role) "(?:[^"]|"")*"')
+
+
+def describe_error(error: BaseException) -> str:
+    """The first line of a database error, its SQLSTATE if any, without role names."""
+    cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
+    lines = str(cause).strip().splitlines() or [type(cause).__name__]
+    text = _ROLE_NAME.sub(r'\1 "…"', lines[0].strip())
+    code = getattr(cause, "pgcode", None)
+    return f"{text} (SQLSTATE {code})" if code else text
 
 
 def _json(value: Any) -> Any:
@@ -157,7 +183,10 @@ def _server_view(alias: str, servers: dict[str, dict[str, Any]]) -> tuple[str, d
                     dict(zip(_ACTIVITY_COLUMNS, row, strict=True)) for row in cursor.fetchall()
                 ]
     except DatabaseError as error:
-        return key, {"error": f"could not read pg_stat_activity through {alias!r}: {error}"}
+        logger.warning("pool status: could not read pg_stat_activity through %r: %s", alias, error)
+        return key, {
+            "error": f"could not read pg_stat_activity through {alias!r}: {describe_error(error)}"
+        }
     if server is None:
         for row in activity:
             row["xact_start"] = row["xact_start"].isoformat() if row["xact_start"] else None

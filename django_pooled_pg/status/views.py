@@ -15,7 +15,7 @@ from django.views.decorators.cache import never_cache
 
 from .chart import legend, svg_chart
 from .conf import status_settings
-from .report import StatusTableMissing, read_status
+from .report import StatusUnavailable, read_status
 
 #: The page refreshes itself this often at most (and no more often than snapshots change).
 MIN_REFRESH_S = 2.0
@@ -50,7 +50,7 @@ def _login_url() -> str:
 def _context() -> dict[str, Any]:
     try:
         status = read_status()
-    except StatusTableMissing as error:
+    except StatusUnavailable as error:
         return {"error": str(error)}
     for section in status["aliases"]:
         section["chart"] = svg_chart(section["history"])
@@ -61,7 +61,13 @@ def _context() -> dict[str, Any]:
 @staff_only
 def status_page(request: HttpRequest) -> HttpResponse:
     refresh = max(MIN_REFRESH_S, status_settings().interval)
-    return render(request, "pooled_pg_status/page.html", {**_context(), "refresh_s": refresh})
+    context = _context()
+    # (503 tells a monitor the page is not showing the pools. The refreshing fragment
+    # below stays 200: the page's script shows what it gets, the error included.)
+    return render(
+        request, "pooled_pg_status/page.html", {**context, "refresh_s": refresh},
+        status=503 if "error" in context else 200,
+    )  # fmt: skip
 
 
 @never_cache
@@ -76,5 +82,5 @@ def status_fragment(request: HttpRequest) -> HttpResponse:
 def status_json(request: HttpRequest) -> JsonResponse:
     try:
         return JsonResponse(read_status())
-    except StatusTableMissing as error:
+    except StatusUnavailable as error:
         return JsonResponse({"error": str(error)}, status=503)

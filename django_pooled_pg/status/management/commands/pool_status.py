@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from ... import publish
-from ...report import StatusTableMissing, UnknownAlias, read_status
+from ...report import StatusUnavailable, UnknownAlias, read_status
 from ...text import render
 
 
@@ -18,8 +19,8 @@ def _positive_seconds(value: str) -> float:
         seconds = float(value)
     except ValueError:
         seconds = float("nan")
-    if not seconds > 0:
-        raise CommandError(f"--watch must be a number of seconds > 0, not {value!r}")
+    if not (seconds > 0 and math.isfinite(seconds)):
+        raise CommandError(f"--watch must be a finite number of seconds > 0, not {value!r}")
     return seconds
 
 
@@ -66,18 +67,33 @@ class Command(BaseCommand):
         printed = 0
         try:
             while True:
-                self.stdout.write(self._once(options, clear=watch is not None and printed > 0))
+                try:
+                    text = self._once(options, clear=watch is not None and printed > 0)
+                except StatusUnavailable as error:
+                    if watch is None:
+                        raise CommandError(str(error)) from None
+                    # Watching goes on through a restart of the status database; the
+                    # exit status says whether the last try failed.
+                    failed: StatusUnavailable | None = error
+                    self.stderr.write(
+                        f"{time.strftime('%H:%M:%S')} {error}; trying again in {watch:g} s"
+                    )
+                else:
+                    failed = None
+                    self.stdout.write(text)
                 printed += 1
                 if watch is None or (count is not None and printed >= count):
-                    return
+                    break
                 time.sleep(watch)
         except KeyboardInterrupt:
             return
+        if failed is not None:
+            raise CommandError(str(failed))
 
     def _once(self, options: dict[str, Any], clear: bool) -> str:
         try:
             status = read_status(options["aliases"])
-        except (StatusTableMissing, UnknownAlias) as error:
+        except UnknownAlias as error:
             raise CommandError(str(error)) from None
         if options["json"]:
             return json.dumps(status, default=str, separators=(",", ":"))
