@@ -17,11 +17,11 @@ import threading
 import time
 from urllib.parse import quote
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
-from django.conf import settings
 from django.db import connection, connections
 from django.test import LiveServerTestCase, SimpleTestCase, override_settings
 
