@@ -20,7 +20,7 @@ from django.utils.functional import cached_property
 from . import conf, identity, registry, signals, targets  # noqa: F401 (signals: fresh pools on DATABASES change)
 from .database import PooledDatabase
 from .features import DatabaseFeatures
-from .pool import ConnectionHandle, ConnectionPool, PoolConfig, forks, stacks
+from .pool import ConnectionHandle, ConnectionPool, PoolClosed, PoolConfig, forks, stacks
 from .pool.forks import MARK as _FORK_MARK
 
 if postgresql.is_psycopg3:
@@ -132,8 +132,20 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         target = self._lease_target()
         if target is None:
             return super().get_new_connection(conn_params)
-        self.isolation_level, pool = target
-        handle = pool.checkout()
+        while True:
+            self.isolation_level, pool = target
+            try:
+                handle = pool.checkout()
+                break
+            except PoolClosed:
+                # configure_pool(), reset_pool_config() or new DATABASES closed this pool
+                # for one with the new options (a request may have been waiting in it):
+                # lease from that one. The same pool again is a real close (shutdown).
+                target = self._lease_target()
+                if target is None:
+                    return super().get_new_connection(conn_params)
+                if target[1] is pool or target[1].closed:
+                    raise
         handle.on_new_connection, handle.find_pool = self._handle_hooks
         return handle
 

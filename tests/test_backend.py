@@ -374,6 +374,38 @@ class ProgrammaticConfigTests(SimpleTestCase):
         connection.close()
         self.assertEqual(connection.database.pool.config.max_size, 4)
 
+    def test_a_request_waiting_when_the_options_change_gets_a_connection_of_the_new_pool(self):
+        from django.db import connections
+
+        from django_pooled_pg.conf import configure_pool, reset_pool_config
+
+        from .helpers import wait_until
+
+        self.addCleanup(reset_pool_config, "default")
+        connection.close()
+        configure_pool("default", max_size=1, timeout=30)
+        old = connection.database.pool
+        connection.ensure_connection()  # the only connection: the request below waits
+
+        def waiting_request():
+            try:
+                with connections["default"].cursor() as cursor:
+                    cursor.execute("SELECT 1")
+                    return cursor.fetchone(), connections["default"].database.pool
+            finally:
+                connections["default"].close()
+
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:
+            waiting = executor.submit(waiting_request)
+            wait_until(lambda: old.get_stats()[S.REQUESTS_WAITING] == 1, what="a waiter")
+            configure_pool("default", max_size=2)  # closes the old pool
+            self.assertTrue(old.closed)
+            row, pool = waiting.result(30)  # not PoolClosed
+        self.assertEqual(row, (1,))
+        self.assertIsNot(pool, old)
+        self.assertEqual(pool.config.max_size, 2)
+        connection.close()
+
     def test_close_pools_closes_every_pool_and_new_leases_get_fresh_ones(self):
         from django_pooled_pg.registry import close_pools
 
