@@ -374,7 +374,29 @@ class ProgrammaticConfigTests(SimpleTestCase):
         connection.close()
         self.assertEqual(connection.database.pool.config.max_size, 4)
 
-    def test_a_request_waiting_when_the_options_change_gets_a_connection_of_the_new_pool(self):
+    def test_django_contrib_postgres_registers_hstore_through_the_handle(self):
+        import psycopg2.extensions
+        from django.contrib.postgres.signals import get_hstore_oids, register_type_handlers
+
+        with connection.cursor() as cursor:
+            try:
+                cursor.execute("CREATE EXTENSION IF NOT EXISTS hstore")
+            except Exception as error:  # a server without contrib
+                self.skipTest(f"no hstore extension: {error}")
+        self.addCleanup(get_hstore_oids.cache_clear)
+        # (register_hstore(globally=True) adapts every dict as hstore: undone after the test)
+        self.addCleanup(
+            psycopg2.extensions.adapters.pop, (dict, psycopg2.extensions.ISQLQuote), None
+        )
+        get_hstore_oids.cache_clear()
+        register_type_handlers(connection)  # what its connection_created receiver runs
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 'a=>1'::hstore")
+            self.assertEqual(cursor.fetchone()[0], {"a": "1"})
+        self.assertIsInstance(connection.connection, ConnectionHandle)
+        connection.close()
+
+
         from django.db import connections
 
         from django_pooled_pg.conf import configure_pool, reset_pool_config

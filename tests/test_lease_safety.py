@@ -254,6 +254,25 @@ class LeaseCursorTests(PoolTestCase):
         handle.close()
         return cursor
 
+    def test_psycopg2s_c_functions_take_a_pooled_cursor_where_they_refuse_the_handle(self):
+        from psycopg2 import sql
+
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        self.addCleanup(handle.close)
+        handle.autocommit = False
+        cursor = handle.cursor()
+        cursor.execute("CREATE TYPE pg_temp.point2 AS (x int, y int)")
+        # (the README's advice: these need a real connection or cursor, not the handle)
+        with self.assertRaisesRegex(TypeError, "must be a connection or a cursor"):
+            sql.Identifier("a b").as_string(handle)
+        self.assertEqual(sql.Identifier("a b").as_string(cursor), '"a b"')
+        self.assertEqual(psycopg2.extensions.quote_ident("a b", cursor), '"a b"')
+        psycopg2.extras.register_composite("pg_temp.point2", cursor)  # this cursor's scope
+        cursor.execute("SELECT (1, 2)::pg_temp.point2")
+        self.assertEqual(tuple(cursor.fetchone()[0]), (1, 2))
+        handle.rollback()
+
     def test_every_name_of_psycopg2s_cursor_refuses_after_the_lease_but_the_local_two(self):
         pool = self.make_pool(max_size=1)
         public = sorted(n for n in dir(psycopg2.extensions.cursor) if not n.startswith("_"))
