@@ -396,7 +396,6 @@ class ProgrammaticConfigTests(SimpleTestCase):
         self.assertIsInstance(connection.connection, ConnectionHandle)
         connection.close()
 
-
         from django.db import connections
 
         from django_pooled_pg.conf import configure_pool, reset_pool_config
