@@ -5,6 +5,7 @@ import threading
 import time
 
 import psycopg2.errors
+import psycopg2.extras
 from django.db import DatabaseError, connection, connections, transaction
 from shop.models import Category
 
@@ -283,6 +284,28 @@ class QueryStatisticsTests(PoolTestCase):
         counted = {row["sql"]: row for row in pool.top_queries()}
         self.assertEqual(counted["COPY copied FROM STDIN"]["rows"], 3)
         self.assertEqual(counted["COPY copied TO STDOUT"]["count"], 1)
+
+    def test_a_named_cursors_fetches_count_for_its_statement(self):
+        # QuerySet.iterator(): the DECLARE takes no time, the FETCHes run the query.
+        for level in ("counters", "stacks"):
+            with self.subTest(level):
+                pool = self.make_pool(tracking=level)
+                handle = pool.checkout()
+                handle.autocommit = False
+                for cursor_factory in (None, psycopg2.extras.DictCursor):
+                    cursor = handle.cursor(name="stream", cursor_factory=cursor_factory)
+                    cursor.itersize = 2
+                    cursor.execute("SELECT g, pg_sleep(0.02) FROM generate_series(1, 5) g")
+                    self.assertEqual([row[0] for row in cursor], [1, 2, 3, 4, 5])
+                    cursor.close()
+                handle.rollback()
+                handle.close()
+                row = pool.top_queries(1)[0]
+                self.assertEqual(row["sql"], "SELECT g, pg_sleep(...) FROM generate_series(...) g")
+                self.assertEqual(row["count"], 2)  # one per execute(), not per FETCH
+                self.assertEqual(row["rows"], 10)
+                self.assertGreaterEqual(row["total_ms"], 2 * 5 * 20)  # the server slept
+                self.assertGreaterEqual(row["max_ms"], 5 * 20)
 
     def test_normalization_replaces_literals_and_folds_lists(self):
         self.assertEqual(

@@ -116,9 +116,10 @@ set_item(PyObject *entry, Py_ssize_t index, PyObject *value)
     return 0;
 }
 
-/* The entry's update: count + 1, total + seconds, max, rows + rows. No Python code runs. */
+/* The entry's update: count + runs, total + seconds, max(max, longest), rows + rows.
+ * No Python code runs. */
 static int
-count_into(PyObject *entry, double seconds, long long rows)
+count_into(PyObject *entry, int runs, double seconds, double longest_run, long long rows)
 {
     if (!PyList_CheckExact(entry) || PyList_GET_SIZE(entry) != 4) {
         PyErr_SetString(PyExc_TypeError, "a query statistics entry must be a list of 4");
@@ -135,14 +136,16 @@ count_into(PyObject *entry, double seconds, long long rows)
     long long n = PyLong_AsLongLong(count), r = PyLong_AsLongLong(rows_sum);
     if ((n == -1 || r == -1) && PyErr_Occurred())
         return -1;
-    if (set_item(entry, 0, PyLong_FromLongLong(n + 1)) < 0)
-        return -1;
-    Py_DECREF(count);
+    if (runs > 0) {
+        if (set_item(entry, 0, PyLong_FromLongLong(n + runs)) < 0)
+            return -1;
+        Py_DECREF(count);
+    }
     if (set_item(entry, 1, PyFloat_FromDouble(PyFloat_AS_DOUBLE(total) + seconds)) < 0)
         return -1;
     Py_DECREF(total);
-    if (seconds > PyFloat_AS_DOUBLE(longest)) {
-        if (set_item(entry, 2, PyFloat_FromDouble(seconds)) < 0)
+    if (longest_run > PyFloat_AS_DOUBLE(longest)) {
+        if (set_item(entry, 2, PyFloat_FromDouble(longest_run)) < 0)
             return -1;
         Py_DECREF(longest);
     }
@@ -155,7 +158,8 @@ count_into(PyObject *entry, double seconds, long long rows)
 }
 
 static int
-count_query(QueryTimer *self, PyObject *query, double seconds, long long rows)
+count_query(QueryTimer *self, PyObject *query, int runs, double seconds, double longest_run,
+            long long rows)
 {
     PyObject *entry = NULL; /* borrowed when found in by_sql */
     int owned = 0;
@@ -170,7 +174,7 @@ count_query(QueryTimer *self, PyObject *query, double seconds, long long rows)
             return -1;
         owned = 1;
     }
-    int failed = count_into(entry, seconds, rows);
+    int failed = count_into(entry, runs, seconds, longest_run, rows);
     if (owned)
         Py_DECREF(entry);
     return failed;
@@ -199,7 +203,7 @@ after_statement(QueryTimer *self, PyObject *record, PyObject *query, PyObject *c
     Py_DECREF(rowcount);
     if (rows == -1 && PyErr_Occurred())
         return -1;
-    if (count_query(self, query, seconds, rows < 0 ? 0 : rows) < 0)
+    if (count_query(self, query, 1, seconds, seconds, rows < 0 ? 0 : rows) < 0)
         return -1;
     if (self->capture == Py_None)
         return 0;
@@ -298,7 +302,33 @@ timer_count(QueryTimer *self, PyObject *const *args, Py_ssize_t nargs)
     long long rows = PyLong_AsLongLong(args[2]);
     if (rows == -1 && PyErr_Occurred())
         return NULL;
-    if (count_query(self, args[0], seconds, rows < 0 ? 0 : rows) < 0)
+    if (count_query(self, args[0], 1, seconds, seconds, rows < 0 ? 0 : rows) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* add_fetch(query, seconds, rows, run_seconds): a named cursor's FETCH, as QueryStats's. */
+static PyObject *
+timer_add_fetch(QueryTimer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "add_fetch(query, seconds, rows, run_seconds)");
+        return NULL;
+    }
+    if (self->by_sql == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "QueryTimer: cleared by the garbage collector");
+        return NULL;
+    }
+    double seconds = PyFloat_AsDouble(args[1]);
+    if (seconds == -1.0 && PyErr_Occurred())
+        return NULL;
+    long long rows = PyLong_AsLongLong(args[2]);
+    if (rows == -1 && PyErr_Occurred())
+        return NULL;
+    double run_seconds = PyFloat_AsDouble(args[3]);
+    if (run_seconds == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (count_query(self, args[0], 0, seconds, run_seconds, rows < 0 ? 0 : rows) < 0)
         return NULL;
     Py_RETURN_NONE;
 }
@@ -308,6 +338,8 @@ static PyMethodDef timer_methods[] = {
      "run(record, method, query, args, cursor): method(query, args), timed and counted."},
     {"count", (PyCFunction)(void (*)(void))timer_count, METH_FASTCALL,
      "count(query, seconds, rows): count one run of query, as run() does."},
+    {"add_fetch", (PyCFunction)(void (*)(void))timer_add_fetch, METH_FASTCALL,
+     "add_fetch(query, seconds, rows, run_seconds): a named cursor's FETCH of query's rows."},
     {NULL, NULL, 0, NULL},
 };
 

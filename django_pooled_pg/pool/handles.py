@@ -459,43 +459,62 @@ class LeaseCursor(_PSYCOPG2_CURSOR):
 
 class NamedLeaseCursor(LeaseCursor):
     """LeaseCursor for a named cursor (a server-side DECLARE), whose close() talks to the
-    server: on an ended lease it does nothing (the return's reset closed the cursor)."""
+    server: on an ended lease it does nothing (the return's reset closed the cursor).
 
-    __slots__ = ()
+    Its fetches are statements (FETCH on the server): the tracker shows the connection
+    active while one runs and idle from the end of the last one, so a view streaming a
+    queryset with .iterator() is not reported idle in transaction between batches; and
+    their time and rows count for the statement the cursor declared, where a plain
+    cursor's execute() would have spent them.
+    """
+
+    __slots__ = ("_declared", "_fetch_seconds")
 
     def close(self) -> None:
         if self._lease == self._handle._lease:
             self._c_close()
 
-    # Its fetches are statements (FETCH on the server): the tracker shows the connection
-    # active while one runs and idle from the end of the last one, so a view streaming
-    # a queryset with .iterator() is not reported idle in transaction between batches.
+    def execute(self, query: Any, vars: Any = None) -> None:
+        self._declared = None
+        super().execute(query, vars)
+        # (as the statistics counted it: see _run())
+        self._declared = query if type(query) is str else _query_text(query, self)
+        self._fetch_seconds = 0.0
+
     def fetchone(self) -> Any:
         self._live()
-        return _timed_fetch(self._record, self._c_fetchone)
+        return self._fetch(self._c_fetchone)
 
     def fetchmany(self, size: int | None = None) -> Any:
         self._live()
         if size is None:
-            return _timed_fetch(self._record, self._c_fetchmany)
-        return _timed_fetch(self._record, self._c_fetchmany, size)
+            return self._fetch(self._c_fetchmany)
+        return self._fetch(self._c_fetchmany, size)
 
     def fetchall(self) -> Any:
         self._live()
-        return _timed_fetch(self._record, self._c_fetchall)
+        return self._fetch(self._c_fetchall)
 
     def __next__(self) -> Any:
         self._live()
-        return _timed_fetch(self._record, self._c_next)
+        return self._fetch(self._c_next)
 
-
-def _timed_fetch(record: ConnectionRecord, fetch: Any, *args: Any) -> Any:
-    record.query_started = _monotonic()
-    try:
-        return fetch(*args)
-    finally:
-        record.query_ended = _monotonic()
-        record.query_started = 0.0
+    def _fetch(self, fetch: Any, *args: Any) -> Any:
+        record = self._record
+        started = record.query_started = _monotonic()
+        try:
+            result = fetch(*args)
+        finally:
+            ended = record.query_ended = _monotonic()
+            record.query_started = 0.0
+        tracker = self._handle._pool.tracker
+        declared = getattr(self, "_declared", None)  # (unset: no execute() yet)
+        if tracker is not None and declared is not None:
+            seconds = ended - started
+            self._fetch_seconds += seconds
+            rows = len(result) if type(result) is list else int(result is not None)
+            tracker.queries.add_fetch(declared, seconds, rows, self._fetch_seconds)
+        return result
 
 
 def _query_text(query: Any, cursor: Any) -> Any:

@@ -91,6 +91,19 @@ class QueryStats:
         finally:
             lock.release()
 
+    def add_fetch(self, sql: Any, seconds: float, rows: int, run_seconds: float) -> None:
+        """A named cursor's FETCH: its time and rows go to the statement that declared the
+        cursor, not a run of its own; ``run_seconds`` (the fetches so far) may be its max."""
+        with self._lock:
+            entry = self.by_sql.get(sql)
+            if entry is None:
+                entry = self._entry_for_new_text(sql)
+            entry[1] += seconds
+            if run_seconds > entry[2]:
+                entry[2] = run_seconds
+            if rows > 0:
+                entry[3] += rows
+
     def entry_for(self, sql: Any) -> list[Any]:
         """The entry that counts ``sql``, made if its shape is new. For the C query timer,
         which updates entries itself (see _querytimer.c) and comes here for text it has

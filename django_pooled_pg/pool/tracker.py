@@ -74,6 +74,7 @@ class Tracker:
             )
             self.run = timer.run  # type: ignore[method-assign]
             self.queries.add = timer.count  # type: ignore[method-assign]
+            self.queries.add_fetch = timer.add_fetch  # type: ignore[method-assign]
 
     # -- on the query path (keep it short) ----------------------------------------------
 
