@@ -370,6 +370,13 @@ class ResetSkipTests(PoolTestCase):
             "SELECT nextval('s')",
             "SELECT setval('s', 5)",
             "SELECT setseed(0.5)",
+            # a SET followed by a quote or a comment, or after the word "update"
+            "DO 'BEGIN SET\"work_mem\"=''1234kB''; END'",
+            "DO $$BEGIN SET/**/work_mem = '1MB'; END$$",
+            "DO $$BEGIN -- update\nSET work_mem = '1MB'; END$$",
+            # a name spelled in Unicode escapes, or with letters re folds and lower() not
+            "SELECT U&\"\\0073et_config\"('work_mem', '1MB', false)",
+            "SELECT pg_advİsory_lock(1)",
         ]
         clean = [
             "SELECT 1",

@@ -750,6 +750,29 @@ class StatusDatabaseDownTests(SimpleTestCase):
         self.assertNotIn("dpp_no_such_role", page)
         self.assertIn("dpp_no_such_role", logs.output[0])  # the log has the whole message
 
+    def test_role_names_are_hidden_in_every_message_that_names_one(self):
+        from django_pooled_pg.status.report import describe_error
+
+        messages = {
+            # (the server does not escape a quote inside the name)
+            'FATAL:  role "rev"se"cret" is not permitted to log in':
+                'FATAL:  role "…" is not permitted to log in',
+            'FATAL:  role "rev\nx" does not exist': 'FATAL:  role "…"',  # cut at the newline
+            'permission denied to set session authorization "rev_nolog"':
+                'permission denied to set session authorization "…"',
+            'connection to server at "127.0.0.1", port 5432 failed: FATAL:  password '
+            'authentication failed for user "app"':
+                'connection to server at "127.0.0.1", port 5432 failed: FATAL:  password '
+                'authentication failed for user "…"',
+            'FATAL:  no pg_hba.conf entry for host "10.0.0.1", user "app", database "db"':
+                'FATAL:  no pg_hba.conf entry for host "10.0.0.1", user "…"',
+            "permission denied for table pooled_pg_status_snapshot":
+                "permission denied for table pooled_pg_status_snapshot",
+        }  # fmt: skip
+        for message, shown in messages.items():
+            with self.subTest(message):
+                self.assertEqual(describe_error(Exception(message)), shown)
+
     def test_the_command_line_prints_the_reason_and_watch_keeps_trying(self):
         url = f"postgres://postgres@127.0.0.1:{a_port_nobody_listens_on()}/postgres"
         result = run_cli(url=url)

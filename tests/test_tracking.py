@@ -335,6 +335,11 @@ class QueryStatisticsTests(PoolTestCase):
             "INSERT INTO t VALUES (1, DEFAULT, NULL), (2, DEFAULT, 'x')":
                 "INSERT INTO t VALUES (...)",
             "UPDATE t SET a = $1 WHERE b = ANY($2)": "UPDATE t SET a = $1 WHERE b = ANY(...)",
+            # a prefix or a dollar quote only where no word goes on
+            "SELECT CASE WHEN a THEN 'x' ELSE'\\' END FROM u WHERE b = 'q'":
+                "SELECT CASE WHEN a THEN ? ELSE? END FROM u WHERE b = ?",
+            "SELECT 1 AS c$t0$, 2 AS c$t1$": "SELECT ? AS c$t0$, ? AS c$t1$",
+            "SELECT 1 /* never closed 'x' 2": "SELECT ?",
         }  # fmt: skip
         for sql, shape in cases.items():
             with self.subTest(sql):

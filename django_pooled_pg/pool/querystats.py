@@ -11,13 +11,16 @@ __all__ = ["QueryStats", "normalize"]
 #: One pass over the lexical pieces whose contents vary between runs of one statement:
 #: comments (sqlcommenter's trace ids), string constants (standard, E'' with backslash
 #: escapes, B''/X''/N''/U&''), dollar quotes, and numbers. Quoted identifiers are matched
-#: only so that a quote or digit inside one is left alone.
+#: only so that a quote or digit inside one is left alone. A prefix or a dollar quote
+#: counts only where a word does not go on (ELSE'x' is ELSE and 'x'; c$1$ is a name).
+#: An unterminated comment or dollar quote takes the rest of the text: searching for
+#: its end again from every later opener would take quadratic time.
 _PIECE = re.compile(
-    r"""(?P<comment>--[^\n]*|/\*.*?\*/)"""
+    r"""(?P<comment>--[^\n]*|/\*.*?(?:\*/|\Z))"""
     r"""|(?P<ident>"(?:[^"]|"")*")"""
-    r"""|[Ee]'(?:[^'\\]|\\.|'')*'"""
-    r"""|(?:[BbXxNn]|[Uu]&)?'(?:[^']|'')*'"""
-    r"""|\$(?P<tag>(?:[A-Za-z_][A-Za-z_0-9]*)?)\$.*?\$(?P=tag)\$"""
+    r"""|(?<![\w$])[Ee]'(?:[^'\\]|\\.|'')*'"""
+    r"""|(?:(?<![\w$])(?:[BbXxNn]|[Uu]&))?'(?:[^']|'')*'"""
+    r"""|(?<![\w$])\$(?P<tag>(?:[A-Za-z_][A-Za-z_0-9]*)?)\$.*?(?:\$(?P=tag)\$|\Z)"""
     r"""|(?<![\w.$"])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w"])""",
     re.DOTALL,
 )
@@ -33,6 +36,9 @@ SHAPE_CHARS = 2000
 #: The raw-text caches below hold at most this many characters each (per pool), however
 #: long the statements (execute_values() sends each batch as new text of any length).
 _CACHED_CHARS = 4_000_000
+#: ... and no text longer than this: a few giant batches must not push every hot
+#: statement out (such texts are normalized at each run; they are rarely sent twice).
+_CACHED_TEXT_CHARS = _CACHED_CHARS // 16
 
 
 def _piece(match: re.Match[str]) -> str:
@@ -122,14 +128,15 @@ class QueryStats:
                 text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
             shape = normalize(text)
             size = len(sql)
-            if (
-                len(self._shapes) >= 4 * self.max_statements
-                or self._shapes_chars + size > _CACHED_CHARS
-            ):
-                self._shapes.clear()
-                self._shapes_chars = 0
-            self._shapes[sql] = shape
-            self._shapes_chars += size
+            if size <= _CACHED_TEXT_CHARS:
+                if (
+                    len(self._shapes) >= 4 * self.max_statements
+                    or self._shapes_chars + size > _CACHED_CHARS
+                ):
+                    self._shapes.clear()
+                    self._shapes_chars = 0
+                self._shapes[sql] = shape
+                self._shapes_chars += size
         entry = self._entries.get(shape)
         if entry is None:
             if len(self._entries) >= self.max_statements:
@@ -137,6 +144,8 @@ class QueryStats:
             # [count, total seconds, max seconds, rows]: add() counts this run
             entry = self._entries[shape] = [0, 0.0, 0.0, 0]
         size = len(sql)
+        if size > _CACHED_TEXT_CHARS:
+            return entry
         if len(self.by_sql) >= 4 * self.max_statements or self._by_sql_chars + size > _CACHED_CHARS:
             self._clear_by_sql()
         self.by_sql[sql] = entry

@@ -58,9 +58,12 @@ _RISKY_WORDS = (
     r"\btemp(?:orary)?\b|\bpg_temp|advisory_lock|set_config|\breset\b"
     r"|\bset\s+(?:session\s+)?(?:role|authorization)|\blisten\b|\bdeclare\b|\bprepare\b"
     r"|\bnextval\b|\bsetval\b|\bsetseed\b"
+    # a Unicode-escaped name (U&"\0073et_config") could spell any of the above
+    r'|\bu&"'
 )
-#: A SET that is not SET LOCAL nor an upsert's "DO UPDATE SET" (inside DO bodies, say).
-_RISKY = re.compile(_RISKY_WORDS + r"|(?<!update\s)\bset\s+(?!local\b)", re.IGNORECASE)
+#: A SET (inside DO bodies, say; followed by a space, a quote or a comment) that is not
+#: SET LOCAL nor the "DO UPDATE SET" of an upsert as Django writes it.
+_RISKY = re.compile(_RISKY_WORDS + r"|(?<!\bdo update )\bset\b(?!\s+local\b)", re.IGNORECASE)
 #: In an UPDATE, "SET col = value" is the statement's own clause, not a GUC change.
 _RISKY_IN_UPDATE = re.compile(_RISKY_WORDS, re.IGNORECASE)
 #: String literals and quoted identifiers, removed before looking for a second statement.
@@ -72,7 +75,9 @@ _FIRST_WORD = re.compile(r"\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*\(*\s*([A-Za-z]+)",
 #: Every risky pattern above contains one of these (in lower case). Python's re tries
 #: each alternative at each character; str.find() skips ahead: a multi-megabyte INSERT
 #: from execute_values() is cleared in milliseconds instead of a fifth of a second.
-_RISKY_CORES = ("temp", "advisory_lock", "set", "listen", "declare", "prepare", "nextval")
+#: (ASCII only: re's IGNORECASE also matches "ſ" for "s" where str.lower() does not, and
+#: a server in a Turkish locale folds "İ" to "i": other text always goes to the regex.)
+_RISKY_CORES = ("temp", "advisory_lock", "set", "listen", "declare", "prepare", "nextval", 'u&"')
 
 
 _verdicts: dict[str, bool] = {}
@@ -112,7 +117,7 @@ def may_change_session_uncached(sql: str) -> bool:
     if first not in _SAFE_FIRST_WORDS:
         return True
     lowered = sql.lower()
-    if any(core in lowered for core in _RISKY_CORES):
+    if not sql.isascii() or any(core in lowered for core in _RISKY_CORES):
         risky = _RISKY_IN_UPDATE if first == "UPDATE" else _RISKY
         if risky.search(sql) is not None:
             return True

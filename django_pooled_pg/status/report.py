@@ -146,8 +146,11 @@ def _read_snapshots(database: str, expiry: float) -> list[dict[str, Any]]:
 
 
 #: libpq and the server name the role in some messages ('password authentication failed
-#: for user "app"'); the status output names none (the log has the whole message).
-_ROLE_NAME = re.compile(r'\b(user|role) "(?:[^"]|"")*"')
+#: for user "app"', 'permission denied to set session authorization "app"'); the status
+#: output names none (the log has the whole message). The server does not escape quotes
+#: in the name: everything up to the line's last quote goes (or to its end, when a name
+#: with a newline in it was cut there).
+_ROLE_NAME = re.compile(r'\b(user|role|authorization) (?:"[^\n]*"|"[^\n]*$)')
 
 
 def describe_error(error: BaseException) -> str:

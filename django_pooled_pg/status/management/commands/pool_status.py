@@ -65,6 +65,7 @@ class Command(BaseCommand):
         if options["queries"] < 0:
             raise CommandError(f"--queries must be 0 or more, not {options['queries']}")
         printed = 0
+        failed: StatusUnavailable | None = None
         try:
             while True:
                 try:
@@ -74,7 +75,7 @@ class Command(BaseCommand):
                         raise CommandError(str(error)) from None
                     # Watching goes on through a restart of the status database; the
                     # exit status says whether the last try failed.
-                    failed: StatusUnavailable | None = error
+                    failed = error
                     self.stderr.write(
                         f"{time.strftime('%H:%M:%S')} {error}; trying again in {watch:g} s"
                     )
@@ -86,7 +87,7 @@ class Command(BaseCommand):
                     break
                 time.sleep(watch)
         except KeyboardInterrupt:
-            return
+            pass
         if failed is not None:
             raise CommandError(str(failed))
 
