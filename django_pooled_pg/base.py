@@ -18,6 +18,7 @@ from django.db.backends.signals import connection_created
 from django.utils.functional import cached_property
 
 from . import conf, identity, registry, signals, targets  # noqa: F401 (signals: fresh pools on DATABASES change)
+from .creation import DatabaseCreation
 from .database import PooledDatabase
 from .features import DatabaseFeatures
 from .pool import ConnectionHandle, ConnectionPool, PoolClosed, PoolConfig, forks, stacks
@@ -63,6 +64,7 @@ _unpooled = threading.local()
 
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     features_class = DatabaseFeatures
+    creation_class = DatabaseCreation
 
     def __init__(self, settings_dict: dict[str, Any], alias: str = DEFAULT_DB_ALIAS) -> None:
         super().__init__(settings_dict, alias)

@@ -22,7 +22,7 @@ from django_pooled_pg.base import DatabaseWrapper
 from django_pooled_pg.pool import ConnectionHandle
 from django_pooled_pg.pool import stats as S
 
-from .helpers import admin_connection, query
+from .helpers import admin_connection, query, server_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -245,6 +245,52 @@ class TestRunnerTests(SimpleTestCase):
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn("Ran 2 tests", result.stderr)
         self.assertNotIn("being accessed by other users", result.stderr)
+
+    def test_another_threads_parked_lease_follows_the_rename_to_the_test_database(self):
+        # A worker thread's lease parks between its jobs; the runner then renames the
+        # database in place (closing only its own thread's connection). The worker's next
+        # job must run in the test database, as with Django's own backend: not go on in
+        # the real one.
+        params = server_params()
+        code = f"""
+import threading
+import django
+from django.conf import settings
+settings.configure(DATABASES={{"default": {{
+    "ENGINE": "django_pooled_pg", "NAME": "dpp_rename", "USER": {params["user"]!r},
+    "HOST": {params["host"]!r}, "PORT": {str(params["port"])!r}}}}})
+django.setup()
+from django.db import close_old_connections, connection, connections
+from django.db.backends.postgresql.base import DatabaseWrapper as Stock
+with Stock({{**connection.settings_dict, "NAME": "postgres"}}).cursor() as admin:
+    admin.execute("DROP DATABASE IF EXISTS dpp_rename")
+    admin.execute("CREATE DATABASE dpp_rename")
+parked, renamed, seen = threading.Event(), threading.Event(), []
+def worker():
+    for job in range(2):
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT current_database()")
+            seen.append(cursor.fetchone()[0])
+        close_old_connections()  # between jobs: the lease parks
+        if job == 0:
+            parked.set()
+            renamed.wait(30)
+thread = threading.Thread(target=worker)
+thread.start()
+parked.wait(30)
+connection.creation.create_test_db(verbosity=0, autoclobber=True)
+renamed.set()
+thread.join(30)
+connection.creation.destroy_test_db("dpp_rename", verbosity=0)
+print(seen)
+from django_pooled_pg.registry import close_pools
+close_pools()
+with Stock({{**connection.settings_dict, "NAME": "postgres"}}).cursor() as admin:
+    admin.execute("DROP DATABASE dpp_rename")
+"""
+        result = run_python(code)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.split(), ["['dpp_rename',", "'test_dpp_rename']"])
 
     def test_parallel_run_clones_and_drops_test_databases(self):
         result = self.run_testproject_tests("--parallel", "2")

@@ -1,0 +1,35 @@
+"""Test databases: Django's test runner renames the alias's database in place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.backends.postgresql import creation as postgresql
+
+from . import registry
+
+__all__ = ["DatabaseCreation"]
+
+
+class DatabaseCreation(postgresql.DatabaseCreation):
+    def create_test_db(self, *args: Any, **kwargs: Any) -> str:
+        name: str = super().create_test_db(*args, **kwargs)
+        self.close_pools_of_other_databases()
+        return name
+
+    def destroy_test_db(self, *args: Any, **kwargs: Any) -> None:
+        super().destroy_test_db(*args, **kwargs)
+        self.close_pools_of_other_databases()
+
+    def close_pools_of_other_databases(self) -> None:
+        """Close this alias's pools on another database than its NAME now.
+
+        The runner closes its own thread's connection before it renames the database;
+        another thread's parked lease would go on in the old database (the real one,
+        after create_test_db). Its pool closed, it resumes from the pool of the new name.
+        """
+        prefix = f"{self.connection.alias}:"
+        name = self.connection.settings_dict["NAME"]
+        registry.close_pools(
+            lambda pool: pool.name.startswith(prefix) and pool.conninfo.get("dbname") != name
+        )
