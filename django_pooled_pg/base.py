@@ -275,7 +275,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return f"{self.alias}:{params.get('user', '')}@{host}:{port}/{params.get('dbname', '')}"
 
     def close_if_unusable_or_obsolete(self) -> None:
-        """At request start and end (Django's signals): with CONN_MAX_AGE=0, park the lease.
+        """At request start and end (Django's signals): park the lease (any CONN_MAX_AGE).
 
         Parking checks the connection in, reset and free for any other thread, while this
         wrapper keeps a handle that takes it back at its next use. Unlike close() it spares
@@ -283,7 +283,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         unusual (a transaction or atomic block, errors, autocommit off) takes Django's path.
         """
         handle = self.connection
-        if isinstance(handle, ConnectionHandle) and self.settings_dict["CONN_MAX_AGE"] == 0:
+        if isinstance(handle, ConnectionHandle):
             if handle._parked:
                 if not self._parked_lease_is_current():
                     self.close()  # options changed or the pool closed: lease anew
@@ -302,6 +302,14 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                     self.run_on_commit = []
                 return
         super().close_if_unusable_or_obsolete()
+
+    def connect(self) -> None:
+        super().connect()
+        if isinstance(self.connection, ConnectionHandle):
+            # The pool keeps connections open, not this wrapper: whatever CONN_MAX_AGE
+            # says (check W001), a lease ends with its request, or a thread would keep one
+            # from every other thread, and past max_lifetime and the pool's checks.
+            self.close_at = 0.0
 
     def init_connection_state(self) -> None:
         if isinstance(self.connection, ConnectionHandle):

@@ -36,6 +36,23 @@ class DeadConnectionTests(PooledAliasTestCase):
         self.assertNotEqual(second_pid, first_pid)
         self.assertEqual(connection.database.get_stats()[S.CONNECTIONS_LOST], 1)
 
+    def test_with_conn_max_age_set_leases_still_end_with_the_request(self):
+        # Persistent connections (CONN_MAX_AGE > 0 or None) would pin a lease to the
+        # thread: past max_lifetime, past the pool's checks, away from other threads.
+        for max_age in (60, None):
+            with self.subTest(CONN_MAX_AGE=max_age):
+                connection.close()
+                self.addCleanup(connection.settings_dict.__setitem__, "CONN_MAX_AGE", 0)
+                connection.settings_dict["CONN_MAX_AGE"] = max_age
+                (first_pid,) = request()
+                stats = connection.database.get_stats()
+                self.assertEqual(stats[S.POOL_LEASED], 0)  # back in the pool
+                query(admin_connection(), "SELECT pg_terminate_backend(%s)", [first_pid])
+                wait_until(backend_gone(first_pid), what="the backend to exit")
+                (second_pid,) = request()  # must not raise
+                self.assertNotEqual(second_pid, first_pid)
+                connection.close()
+
     def test_all_idle_connections_killed_at_once(self):
         handles = [connection.database.pool.checkout() for _ in range(3)]
         pids = [query(handle, "SELECT pg_backend_pid()")[0][0] for handle in handles]
