@@ -264,7 +264,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             name=self._pool_name(conn_params),
             session_init=session_init,
             configure=_configure_new_connection(level),
-            extra=level,
+            # One pool per alias even when two have the same settings (an application_name
+            # of their own makes the parameters equal): its name, statistics, options and
+            # configure_pool() are the alias's.
+            extra=(self.alias, level),
         )
         targets.install(pool, self.alias)
         return pool

@@ -58,6 +58,30 @@ def request(sql: str = "SELECT pg_backend_pid()") -> Any:
         request_finished.send(sender=None)
 
 
+def add_alias(test: Any, alias: str, settings_dict: dict[str, Any], **other_settings: Any) -> None:
+    """A database alias that exists for one test (with ``other_settings`` overridden too).
+
+    django.db.connections reads DATABASES once, so the alias is added there by hand; and
+    SimpleTestCase refuses aliases outside its ``databases``, so it joins them meanwhile.
+    """
+    from django.conf import settings
+    from django.test import override_settings
+
+    overridden = override_settings(
+        DATABASES={**settings.DATABASES, alias: settings_dict}, **other_settings
+    )
+    overridden.enable()
+    test.addCleanup(overridden.disable)
+    configured = connections.configure_settings({"default": {}, alias: settings_dict})
+    connections.settings[alias] = configured[alias]
+    test.addCleanup(connections.settings.pop, alias)
+    cls = type(test)
+    test.addCleanup(setattr, cls, "databases", cls.databases)
+    cls.databases = frozenset(cls.databases | {alias})
+    test.addCleanup(connections.__delitem__, alias)
+    test.addCleanup(lambda: connections[alias].close())
+
+
 def run_engine_code(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (no Django set up), from the project's root."""
     return subprocess.run(

@@ -473,7 +473,22 @@ class ProgrammaticConfigTests(SimpleTestCase):
         self.assertEqual(pool.config.max_size, 2)
         connection.close()
 
-    def test_close_pools_closes_every_pool_and_new_leases_get_fresh_ones(self):
+    def test_two_aliases_with_the_same_settings_have_a_pool_each(self):
+        from django.db import connections
+
+        from .helpers import add_alias
+
+        # (their own application_name makes the connection parameters the same)
+        same = settings_for(OPTIONS={"application_name": "shop", "pool": {"max_size": 1}})
+        add_alias(self, "primary", same)
+        add_alias(self, "replica", dict(same))
+        with connections["primary"].cursor(), connections["replica"].cursor():
+            # one connection each: with one pool of max_size 1, the second would time out
+            primary, replica = connections["primary"].database, connections["replica"].database
+            self.assertIsNot(primary.pool, replica.pool)
+            self.assertTrue(replica.pool.name.startswith("replica:"), replica.pool.name)
+            self.assertEqual(replica.get_stats()[S.POOL_LEASED], 1)
+
         from django_pooled_pg.registry import close_pools
 
         connection.ensure_connection()

@@ -17,12 +17,11 @@ import threading
 import time
 from urllib.parse import quote
 
-from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import CommandError, call_command
-from django.db import connection, connections
+from django.db import connection
 from django.test import LiveServerTestCase, SimpleTestCase, override_settings
 
 from django_pooled_pg import identity
@@ -36,6 +35,7 @@ from django_pooled_pg.status.snapshot import merge_top_queries
 
 from .helpers import (
     PoolTestCase,
+    add_alias,
     admin_connection,
     cluster_or_skip,
     query,
@@ -698,22 +698,10 @@ class StatusDatabaseDownTests(SimpleTestCase):
 
     def status_database(self, **changes):
         """A 'status' alias for the status database, for this test."""
-        status = settings_for(**changes)
-        overridden = override_settings(
-            DATABASES={**settings.DATABASES, "status": status},
+        add_alias(
+            self, "status", settings_for(**changes),
             POOLED_PG_STATUS={"database": "status", "publish": False},
-        )
-        overridden.enable()
-        self.addCleanup(overridden.disable)
-        # (django.db.connections reads DATABASES once: the alias is added there by hand)
-        configured = connections.configure_settings({"default": {}, "status": status})
-        connections.settings["status"] = configured["status"]
-        self.addCleanup(connections.settings.pop, "status")
-        cls = type(self)  # (SimpleTestCase refuses aliases not in databases)
-        self.addCleanup(setattr, cls, "databases", cls.databases)
-        cls.databases = frozenset(cls.databases | {"status"})
-        self.addCleanup(connections.__delitem__, "status")
-        self.addCleanup(lambda: connections["status"].close())
+        )  # fmt: skip
 
     def test_the_page_json_and_command_say_why_with_503_and_a_command_error(self):
         staff = make_user(self, "ops-down", is_staff=True)
