@@ -7,16 +7,15 @@ from typing import Any
 from django.conf import settings
 from django.core import checks
 
-from .conf import pool_config
-
-ENGINE = "django_pooled_pg"
+from .conf import is_pooled_engine, pool_config
 
 
 def pooled_aliases() -> list[str]:
+    """The aliases of this backend or of a backend built on it."""
     return [
         alias
         for alias, settings_dict in settings.DATABASES.items()
-        if settings_dict.get("ENGINE") in (ENGINE, ENGINE + ".base")
+        if is_pooled_engine(settings_dict.get("ENGINE"))
     ]
 
 

@@ -77,11 +77,15 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
 
     Returns the resulting config. Raises ImproperlyConfigured for a bad option, at once.
     """
-    from django.db import connections
 
     from .registry import close_pools
 
-    settings_dict = connections.settings[alias]
+    settings_dict = pooled_alias_settings(alias, "configure_pool")
+    if settings_dict.get("OPTIONS", {}).get("pool", True) is False:
+        raise ImproperlyConfigured(
+            f"configure_pool({alias!r}): DATABASES[{alias!r}]['OPTIONS']['pool'] is False "
+            f"(pooling turned off); set it to True or a dict of options to pool this alias"
+        )
     merged = {**_overrides.get(alias, {}), **options}
     previous = _overrides.get(alias)
     _overrides[alias] = merged
@@ -105,8 +109,47 @@ def reset_pool_config(alias: str | None = None) -> None:
     """Forget options set with configure_pool() for ``alias`` (all aliases by default)."""
     from .registry import close_pools
 
+    if alias is not None:
+        pooled_alias_settings(alias, "reset_pool_config")
     aliases = list(_overrides) if alias is None else [alias]
     _changed()
     for name in aliases:
         if _overrides.pop(name, None) is not None:
             close_pools(lambda pool, name=name: pool.name.startswith(f"{name}:"))
+
+
+def is_pooled_engine(engine: Any) -> bool:
+    """Whether DATABASES' ENGINE names this backend or a backend built on it (PostGIS
+    combined with pooling, say: a DatabaseWrapper subclass of ours)."""
+    if engine in ("django_pooled_pg", "django_pooled_pg.base"):
+        return True
+    if not isinstance(engine, str) or not engine:
+        return False
+    from django.db.utils import load_backend
+
+    from .base import DatabaseWrapper
+
+    try:
+        wrapper = load_backend(engine).DatabaseWrapper
+    except Exception:  # Django reports a bad ENGINE itself, at its first use
+        return False
+    return isinstance(wrapper, type) and issubclass(wrapper, DatabaseWrapper)
+
+
+def pooled_alias_settings(alias: str, caller: str) -> dict[str, Any]:
+    """The settings of ``alias``, which must be a django_pooled_pg alias."""
+    from django.db import connections
+
+    if alias not in connections.settings:
+        known = ", ".join(connections.settings) or "none"
+        raise ImproperlyConfigured(
+            f"{caller}(): no database alias {alias!r} in DATABASES (known: {known})"
+        )
+    settings_dict: dict[str, Any] = connections.settings[alias]
+    engine = settings_dict.get("ENGINE")
+    if not is_pooled_engine(engine):
+        raise ImproperlyConfigured(
+            f"{caller}(): DATABASES[{alias!r}]['ENGINE'] is {engine!r}, not django_pooled_pg "
+            f"(or a backend built on it)"
+        )
+    return settings_dict

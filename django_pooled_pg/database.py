@@ -19,8 +19,10 @@ class PooledDatabase:
 
     @property
     def pool(self) -> ConnectionPool:
-        """The pool for the alias's current settings (created if needed, nothing opened)."""
-        return self._wrapper.current_pool or self._wrapper.get_pool()
+        """The pool of the current lease, or else (closed: configure_pool() replaced it)
+        the pool for the alias's current settings (created if needed, nothing opened)."""
+        pool = self._wrapper.current_pool
+        return pool if pool is not None and not pool.closed else self._wrapper.get_pool()
 
     def get_stats(self) -> dict[str, int]:
         return self.pool.get_stats()

@@ -10,8 +10,6 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from django.core.exceptions import ImproperlyConfigured
-
 from . import conf
 from .pool.prepared import UnpreparableStatement, check_plan_cache_mode, check_preparable
 
@@ -57,12 +55,11 @@ def add_prepare_target(
     ``AppConfig.ready()``: compiling a queryset sends no query. Returns the SQL shapes.
     Raises UnpreparableStatement (a ValueError) for SQL that PREPARE cannot take.
     """
-    from django.db import connections
 
     check_plan_cache_mode(plan_cache_mode)
     aliases = [using] if using is not None else _pooled_aliases()
-    if using is not None and using not in connections.settings:
-        raise ImproperlyConfigured(f"add_prepare_target(): no database alias {using!r}")
+    if using is not None:
+        conf.pooled_alias_settings(using, "add_prepare_target")  # a pooled alias, or raise
     compiled = []
     for alias in aliases:
         sql = compile_target(target, alias)
@@ -111,5 +108,5 @@ def _pooled_aliases() -> list[str]:
     return [
         alias
         for alias, settings in connections.settings.items()
-        if settings.get("ENGINE") == "django_pooled_pg"
+        if conf.is_pooled_engine(settings.get("ENGINE"))
     ]

@@ -473,7 +473,61 @@ class ProgrammaticConfigTests(SimpleTestCase):
         self.assertEqual(pool.config.max_size, 2)
         connection.close()
 
-    def test_two_aliases_with_the_same_settings_have_a_pool_each(self):
+    def test_configure_pool_and_friends_refuse_aliases_they_cannot_pool(self):
+        from django_pooled_pg.conf import configure_pool, reset_pool_config
+        from django_pooled_pg.targets import add_prepare_target
+
+        from .helpers import add_alias
+
+        add_alias(self, "plain", settings_for(OPTIONS={"pool": False}))
+        add_alias(self, "stock", {**settings_for(), "ENGINE": "django.db.backends.postgresql"})
+        self.addCleanup(reset_pool_config)
+        refusals = [
+            (lambda: configure_pool("defualt", max_size=2),
+             "configure_pool(): no database alias 'defualt' in DATABASES (known: default"),
+            (lambda: reset_pool_config("defualt"), "reset_pool_config(): no database alias"),
+            (lambda: configure_pool("plain", max_size=2),
+             "DATABASES['plain']['OPTIONS']['pool'] is False (pooling turned off)"),
+            (lambda: configure_pool("stock", max_size=2),
+             "DATABASES['stock']['ENGINE'] is 'django.db.backends.postgresql', not "
+             "django_pooled_pg"),
+            (lambda: add_prepare_target("SELECT 1", using="stock"),
+             "add_prepare_target(): DATABASES['stock']['ENGINE']"),
+        ]  # fmt: skip
+        for call, message in refusals:
+            with self.subTest(message), self.assertRaisesMessage(ImproperlyConfigured, message):
+                call()
+
+    def test_a_backend_built_on_this_one_gets_the_startup_checks(self):
+        params = server_params()
+        code = f"""
+import django
+from django.conf import settings
+settings.configure(INSTALLED_APPS=["django_pooled_pg"], DATABASES={{"default": {{
+    "ENGINE": "tests.subclassed_backend", "NAME": "postgres", "USER": {params["user"]!r},
+    "HOST": {params["host"]!r}, "PORT": {str(params["port"])!r},
+    "OPTIONS": {{"pool": {{"max_size": 0}}}}}}}})
+django.setup()
+"""
+        result = run_python(code)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(
+            "ImproperlyConfigured: DATABASES['default']['OPTIONS']['pool']: max_size must be at "
+            "least 1", result.stderr
+        )  # fmt: skip
+
+    def test_connection_database_shows_the_new_pool_after_configure_pool(self):
+        from django_pooled_pg.conf import configure_pool, reset_pool_config
+
+        self.addCleanup(reset_pool_config, "default")
+        self.addCleanup(connection.close)
+        request_started.send(sender=None)
+        connection.ensure_connection()
+        request_finished.send(sender=None)  # the lease parks: still the wrapper's
+        configure_pool("default", max_size=3)
+        self.assertFalse(connection.database.pool.closed)
+        self.assertEqual(connection.database.pool.config.max_size, 3)
+
         from django.db import connections
 
         from .helpers import add_alias
