@@ -536,6 +536,19 @@ class ExitAndImportTests(PoolTestCase):
 
 
 class ConfigTests(PoolTestCase):
+    def test_infinite_times_mean_never_where_they_can(self):
+        pool = self.make_pool(
+            max_size=1, timeout=float("inf"), max_lifetime=float("inf"), max_idle=float("inf"),
+            ping_after=float("inf"), leak_threshold=float("inf"), cleaner="inline",
+        )  # fmt: skip
+        handle = pool.checkout()
+        pid = handle.record.backend_pid
+        handle.close()
+        pool.run_maintenance()
+        handle = pool.checkout()
+        self.assertEqual(handle.record.backend_pid, pid)  # neither expired nor closed idle
+        handle.close()
+
     def test_bad_options_name_the_option_and_what_is_allowed(self):
         cases = [
             ({"max_size": 0}, "max_size must be at least 1, not 0"),
@@ -550,6 +563,11 @@ class ConfigTests(PoolTestCase):
             ({"max_size": True}, "max_size must be an integer, not True"),
             ({"cleaner": "cron"}, "cleaner must be one of 'thread', 'inline', not 'cron'"),
             ({"reset": "never"}, "reset must be one of 'auto', 'always', 'rollback'"),
+            ({"tracking": None}, "tracking must be one of 'off', 'counters', 'stacks', not None"),
+            (
+                {"connect_timeout": float("inf")},
+                "connect_timeout must be a finite number of seconds >= 0, not inf",
+            ),
             ({"max_sise": 3}, "unknown option 'max_sise'; allowed options are: "),
         ]
         for options, message in cases:

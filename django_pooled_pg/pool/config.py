@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 __all__ = ["PoolConfig", "RESET_MODES", "CLEANER_MODES", "TRACKING_LEVELS"]
@@ -81,7 +82,7 @@ class PoolConfig:
             )
         types = {field.name: field.type for field in dataclasses.fields(cls)}
         for name, value in options.items():
-            _check_type(name, value, types[name])
+            _check_type(name, value, types[name], _CHOICES.get(name))
         return cls(**options)
 
     def errors(self) -> list[str]:
@@ -101,6 +102,11 @@ class PoolConfig:
             value = getattr(self, name)
             if value is not None and not value >= 0:  # (NaN too: it compares false)
                 problems.append(f"{name} must be a number of seconds >= 0, not {value}")
+        if self.connect_timeout == math.inf:  # (libpq takes whole seconds)
+            problems.append(
+                f"connect_timeout must be a finite number of seconds >= 0, not "
+                f"{self.connect_timeout}"
+            )
         if not self.timeout > 0:
             problems.append(f"timeout must be a number of seconds > 0, not {self.timeout}")
         if self.max_prepared < 1:
@@ -123,7 +129,13 @@ class PoolConfig:
         return problems
 
 
-def _check_type(name: str, value: Any, annotation: str) -> None:
+#: The options that take one of a few strings (named in a wrong type's message too).
+_CHOICES = {"reset": RESET_MODES, "cleaner": CLEANER_MODES, "tracking": TRACKING_LEVELS}
+
+
+def _check_type(
+    name: str, value: Any, annotation: str, choices: tuple[str, ...] | None = None
+) -> None:
     allowed: tuple[type, ...]
     if annotation == "bool":
         if not isinstance(value, bool):
@@ -133,6 +145,8 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
         allowed, words = (int,), "an integer"
     elif annotation.startswith("float"):
         allowed, words = (int, float), "a number of seconds"
+    elif choices:
+        allowed, words = (str,), "one of " + ", ".join(map(repr, choices))
     else:
         allowed, words = (str,), "a string"
     if value is None and "None" in annotation:
