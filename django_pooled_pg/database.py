@@ -81,4 +81,6 @@ class PooledDatabase:
         return self.pool.prepared_stats()
 
     def __repr__(self) -> str:
+        if self._wrapper.pool_config is None:
+            return f"<PooledDatabase alias={self._wrapper.alias!r} (pooling turned off)>"
         return f"<PooledDatabase alias={self._wrapper.alias!r} pool={self.pool!r}>"

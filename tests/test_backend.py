@@ -140,6 +140,9 @@ class EngineTests(SimpleTestCase):
         try:
             wrapper.ensure_connection()
             self.assertNotIsInstance(wrapper.connection, ConnectionHandle)
+            self.assertEqual(
+                repr(wrapper.database), "<PooledDatabase alias='plain' (pooling turned off)>"
+            )
         finally:
             wrapper.close()
 

@@ -1,6 +1,7 @@
 """Knowing what every connection does: states, idle-in-transaction stacks, leaks, statistics."""
 
 import logging
+import re
 import threading
 import time
 
@@ -209,6 +210,17 @@ class AsTableTests(PoolTestCase):
         self.assertEqual(cancelled, [True])
         handle.rollback()
         handle.close()
+
+    def test_bad_arguments_to_the_views_are_named(self):
+        pool = self.make_pool()
+        for call, message in (
+            (lambda: pool.top_queries("5"), "n must be an integer >= 0, not '5'"),
+            (lambda: pool.top_queries(5, "slowest"), "order_by must be one of count, total_ms"),
+            (lambda: pool.idle_in_transaction("x"),
+             "threshold must be None or a number of seconds >= 0, not 'x'"),
+        ):  # fmt: skip
+            with self.subTest(message), self.assertRaisesRegex(ValueError, re.escape(message)):
+                call()
 
     def test_format_table_aligns_columns(self):
         rows = [

@@ -1108,11 +1108,21 @@ class ConnectionPool:
         (default: the idle_in_transaction_threshold option), with their three stacks."""
         if self.tracker is None:
             raise RuntimeError(f"pool {self.name!r} has tracking='off': nothing is tracked")
+        if threshold is not None and (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, (int, float))
+            or not threshold >= 0
+        ):
+            raise ValueError(
+                f"threshold must be None or a number of seconds >= 0, not {threshold!r}"
+            )
         with self._lock:
             leased = list(self._leased)
         return self.tracker.idle_in_transaction(leased, threshold, time.monotonic())
 
     def top_queries(self, n: int = 10, order_by: str = "count") -> list[dict[str, Any]]:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"n must be an integer >= 0, not {n!r}")
         if self.tracker is None:
             return []
         return self.tracker.queries.top(n, order_by)
