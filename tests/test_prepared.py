@@ -12,7 +12,12 @@ from django.db.models.functions import Coalesce
 from shop.models import Category, Product, Review, Supplier
 
 from django_pooled_pg import targets
-from django_pooled_pg.pool.prepared import UnpreparableStatement, _rewrite, parameter_types
+from django_pooled_pg.pool.prepared import (
+    UnpreparableStatement,
+    _rewrite,
+    check_preparable,
+    parameter_types,
+)
 
 from .helpers import admin_connection, query, run_in_threads
 from .test_lease_safety import PooledAliasTestCase
@@ -513,9 +518,18 @@ class RegistrationTests(PreparedTestCase):
             ("SET search_path TO x", "PREPARE takes only"),
             ("SELECT %(name)s", "only %s placeholders"),
             ("SELECT $1", "not $n"),
+            # psycopg2's ORDER BY 2 sorts by the second column; EXECUTE's $1 by a constant
+            ("SELECT id, rating FROM shop_review ORDER BY %s", "ORDER BY or GROUP BY a bare %s"),
+            ("SELECT rating FROM shop_review GROUP BY rating, %s DESC", "GROUP BY a bare %s"),
         ]:
             with self.subTest(bad), self.assertRaisesMessage(UnpreparableStatement, words):
                 connection.database.add_prepare_target(bad)
+        for fine in (
+            "SELECT id FROM shop_review ORDER BY (%s)::integer, rating LIMIT %s",  # Django's
+            "SELECT row_number() OVER (ORDER BY id) FROM shop_review WHERE rating = %s",
+        ):
+            with self.subTest(fine):
+                check_preparable(fine)  # no error
         with self.assertRaisesMessage(UnpreparableStatement, "never runs a query"):
             connection.database.add_prepare_target(Review.objects.filter(pk__in=[]))
         with self.assertRaisesMessage(TypeError, "QuerySet or SQL text"):

@@ -359,6 +359,58 @@ def check_preparable(sql: str) -> None:
         raise UnpreparableStatement(
             f"a prepare target may use only %s placeholders (and %% for a literal %): {sql[:80]!r}"
         )
+    if _sorts_or_groups_by_a_placeholder(unquoted):
+        # psycopg2 sends ORDER BY 2 (the second column); EXECUTE's $1 is a constant.
+        raise UnpreparableStatement(
+            f"a prepare target must not ORDER BY or GROUP BY a bare %s: run unprepared, "
+            f"PostgreSQL reads a number there as a column position, a parameter as a constant "
+            f"(the prepared statement would sort or group differently): {sql[:80]!r}"
+        )
+
+
+_BY_CLAUSE = re.compile(r"\b(?:order|group)\s+by\b", re.IGNORECASE)
+#: Where an ORDER BY or GROUP BY list ends (at its parenthesis depth).
+_BY_CLAUSE_END = re.compile(
+    r"\b(?:limit|offset|fetch|for|having|window|union|intersect|except|returning|on)\b",
+    re.IGNORECASE,
+)
+_SORT_SUFFIX = re.compile(r"\s+(?:asc|desc|nulls\s+(?:first|last)|using\s+\S+)\s*$", re.IGNORECASE)
+
+
+def _sorts_or_groups_by_a_placeholder(sql: str) -> bool:
+    """Whether an item of an ORDER BY or GROUP BY list (quotes removed) is a bare %s."""
+    for match in _BY_CLAUSE.finditer(sql):
+        depth, start, items = 0, match.end(), []
+        position = start
+        while position < len(sql):
+            char = sql[position]
+            if char == "(":
+                depth += 1
+            elif char == ")":
+                if depth == 0:
+                    break
+                depth -= 1
+            elif depth == 0 and char == ",":
+                items.append(sql[start:position])
+                start = position + 1
+            elif (
+                depth == 0
+                and _BY_CLAUSE_END.match(sql, position)
+                and not (sql[position - 1].isalnum() or sql[position - 1] == "_")
+            ):
+                break
+            position += 1
+        items.append(sql[start:position])
+        for item in items:
+            item = item.strip()
+            while True:
+                bare = _SORT_SUFFIX.sub("", item)
+                if bare == item:
+                    break
+                item = bare.strip()
+            if item == "%s":
+                return True
+    return False
 
 
 _UNSEEN = object()
