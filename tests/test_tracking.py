@@ -69,6 +69,25 @@ class IdleInTransactionTests(PooledAliasTestCase):
                 "threading.py" not in first_frame and "django/" not in first_frame, first_frame
             )
 
+    def test_a_transaction_begun_as_sql_shows_no_earlier_transactions_cursor(self):
+        pool = connection.database.pool
+        handle = pool.checkout()
+        self.addCleanup(handle.close)
+        handle.autocommit = False
+        query(handle, "SELECT 1")  # an earlier transaction's cursor: taken in query()
+        handle.commit()
+        handle.autocommit = True
+        cursor = handle.cursor()  # outside any transaction
+        cursor.execute("BEGIN")
+        cursor.execute("SELECT 2")
+        found = wait_until(pool.idle_in_transaction, what="idle in transaction")
+        self.assertIsNone(found[0]["cursor_stack"])  # not query()'s, from the commit before
+        self.assertIn('cursor.execute("SELECT 2")', found[0]["execute_stack"])
+        with self.assertLogs("django_pooled_pg", logging.WARNING) as logs:
+            pool.run_maintenance()
+        self.assertIn("taken before the transaction began", "\n".join(logs.output))
+        cursor.execute("ROLLBACK")
+
     def test_idle_in_transaction_is_logged_once_by_the_cleaner(self):
         started, finish = threading.Event(), threading.Event()
 

@@ -168,12 +168,12 @@ class ConnectionHandle:
         tracker = self._pool.tracker
         # The cursor stack matters only inside a transaction (Django's autocommit requests
         # take a cursor per query): the test is spelled out here, without a call.
-        if (
-            tracker is not None
-            and tracker.stacks
-            and (not conn.autocommit or conn.get_transaction_status() != _STATUS_IDLE)
-        ):
-            tracker.cursor_taken(self._record)
+        if tracker is not None and tracker.stacks:
+            if not conn.autocommit or conn.get_transaction_status() != _STATUS_IDLE:
+                tracker.cursor_taken(self._record)
+            elif self._record.cursor_stack:
+                # An earlier transaction's: a BEGIN sent on this cursor must not show it.
+                self._record.cursor_stack = ()
         return cursor
 
     def _new_cursor(

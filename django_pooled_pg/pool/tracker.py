@@ -190,13 +190,20 @@ class Tracker:
                         "Last query: %s\nLeased at:\n%sLast cursor taken at:\n%s"
                         "Last query run at:\n%s",
                         self.pool_name, record.backend_pid, seconds, _text(record.last_query),
-                        _stack_text(record.lease_stack), _stack_text(record.cursor_stack),
+                        _stack_text(record.lease_stack),
+                        _stack_text(record.cursor_stack, self.stacks and _TAKEN_BEFORE),
                         _stack_text(record.execute_stack),
                     )  # fmt: skip
 
 
-def _stack_text(stack: Any) -> str:
-    return format_stack(stack) if stack else "  (not tracked: set tracking='stacks')\n"
+#: An empty cursor stack at the "stacks" level: the cursor came before the transaction.
+_TAKEN_BEFORE = "  (taken before the transaction began: a BEGIN sent as SQL on it)\n"
+
+
+def _stack_text(stack: Any, empty: str | bool = False) -> str:
+    if stack:
+        return format_stack(stack)
+    return empty or "  (not tracked: set tracking='stacks')\n"
 
 
 def _text(query: Any, limit: int = 200) -> str | None:
