@@ -332,6 +332,24 @@ class LeaseCursorTests(PoolTestCase):
         self.assertEqual(cursor.fetchone(), (42,))
         self.assertIn("SELECT 42", log.getvalue())
 
+    def test_a_connection_factorys_own_state_comes_back_for_the_next_holder(self):
+        log, holders_log = io.StringIO(), io.StringIO()
+        params = {**server_params(), "connection_factory": psycopg2.extras.LoggingConnection}
+        pool = ConnectionPool(
+            params, name="test:logging", max_size=1, configure=lambda c: c.initialize(log)
+        )
+        self.addCleanup(pool.close)
+        handle = pool.checkout()
+        handle.initialize(holders_log)  # this holder's own log target
+        query(handle, "SELECT 'first holder'")
+        handle.close()
+        handle = pool.checkout()
+        self.addCleanup(handle.close)
+        query(handle, "SELECT 'next holder'")
+        self.assertIn("first holder", holders_log.getvalue())
+        self.assertNotIn("next holder", holders_log.getvalue())
+        self.assertIn("next holder", log.getvalue())  # the login's, as configure() set it
+
     def test_a_connection_factory_that_ignores_cursor_factory_is_refused(self):
         class Stubborn(psycopg2.extensions.connection):
             def cursor(self, *args, **kwargs):

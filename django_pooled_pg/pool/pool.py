@@ -767,7 +767,7 @@ class ConnectionPool:
                 conn.deferrable = None
             if conn.encoding != record.encoding:
                 conn.set_client_encoding(record.encoding)
-            cursor_factory, notices, notifies = record.client_state
+            cursor_factory, notices, notifies, attributes = record.client_state
             # A RealDictCursor factory (or a deque for notices) left by one holder would
             # change what the next one's cursors return: back to the objects of the login.
             if conn.cursor_factory is not cursor_factory:
@@ -776,6 +776,9 @@ class ConnectionPool:
                 conn.notices = notices
             if conn.notifies is not notifies:
                 conn.notifies = notifies
+            if attributes is not None and conn.__dict__ != attributes:
+                conn.__dict__.clear()
+                conn.__dict__.update(attributes)
             mode = self.config.reset
             if mode == "always" or (record.dirty and mode == "auto"):
                 statements = [RESET_SQL, reseed_sql()]

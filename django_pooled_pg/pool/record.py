@@ -67,8 +67,14 @@ class ConnectionRecord:
         self.isolation_level = conn.isolation_level
         self.encoding = conn.encoding
         #: psycopg2's client-side state a holder can replace through the handle and the
-        #: next holder would inherit: (cursor_factory, notices list, notifies list)
-        self.client_state = (conn.cursor_factory, conn.notices, conn.notifies)
+        #: next holder would inherit: (cursor_factory, notices list, notifies list, and a
+        #: connection_factory instance's own attributes, such as LoggingConnection's log
+        #: target, or None for psycopg2's class, which has none)
+        attributes = getattr(conn, "__dict__", None)
+        self.client_state = (
+            conn.cursor_factory, conn.notices, conn.notifies,
+            dict(attributes) if attributes is not None else None,
+        )  # fmt: skip
         #: set when the holder may have changed psycopg2's session characteristics
         #: (autocommit, isolation level, read-only, deferrable, encoding) or client_state:
         #: the return then compares them with the baseline above
