@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -134,20 +135,23 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         target = self._lease_target()
         if target is None:
             return super().get_new_connection(conn_params)
+        started = time.monotonic()
+        timeout = None  # (the pool's own)
         while True:
             self.isolation_level, pool = target
             try:
-                handle = pool.checkout()
+                handle = pool.checkout(timeout)
                 break
             except PoolClosed:
+                if not pool.superseded:
+                    raise  # closed for good (interpreter exit, close_all_pools())
                 # configure_pool(), reset_pool_config() or new DATABASES closed this pool
-                # for one with the new options (a request may have been waiting in it):
-                # lease from that one. The same pool again is a real close (shutdown).
+                # for one with the new options while this request waited in it: wait
+                # there for the rest of the timeout.
                 target = self._lease_target()
                 if target is None:
                     return super().get_new_connection(conn_params)
-                if target[1] is pool or target[1].closed:
-                    raise
+                timeout = max(0.001, target[1].config.timeout - (time.monotonic() - started))
         handle.on_new_connection, handle.find_pool = self._handle_hooks
         return handle
 

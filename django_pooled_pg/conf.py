@@ -127,11 +127,15 @@ def is_pooled_engine(engine: Any) -> bool:
         return False
     from django.db.utils import load_backend
 
-    from .base import DatabaseWrapper
-
+    try:
+        from .base import DatabaseWrapper
+    except ImproperlyConfigured:  # psycopg2 missing: no backend here can be built on ours
+        return False
     try:
         wrapper = load_backend(engine).DatabaseWrapper
-    except Exception:  # Django reports a bad ENGINE itself, at its first use
+    except Exception:
+        # Django reports a backend that does not import at its first use; raising here
+        # would break django.setup() for an alias whose driver is not installed.
         return False
     return isinstance(wrapper, type) and issubclass(wrapper, DatabaseWrapper)
 

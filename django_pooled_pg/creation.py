@@ -21,10 +21,16 @@ class DatabaseCreation(postgresql.DatabaseCreation):
         super().destroy_test_db(*args, **kwargs)
         self.close_pools_of_other_databases()
 
+    def set_as_test_mirror(self, primary_settings_dict: dict[str, Any]) -> None:
+        # A TEST MIRROR alias (or one on the same database as another) is renamed too.
+        super().set_as_test_mirror(primary_settings_dict)
+        self.close_pools_of_other_databases()
+
     def close_pools_of_other_databases(self) -> None:
         """Close this alias's pools on another database than its NAME now.
 
-        The runner closes its own thread's connection before it renames the database;
+        The runner closes its own thread's connection before it renames the database
+        (create_test_db(), destroy_test_db(), set_as_test_mirror());
         another thread's parked lease would go on in the old database (the real one,
         after create_test_db). Its pool closed, it resumes from the pool of the new name.
         """

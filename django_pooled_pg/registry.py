@@ -75,6 +75,9 @@ def close_pools(where: Callable[[ConnectionPool], bool] | None = None) -> int:
         closing: Iterable[ConnectionPool] = [_pools.pop(key) for key in chosen]
     count = 0
     for pool in closing:
+        # The next lease gets a fresh pool: requests waiting in this one may go there too
+        # (base.py). A pool closed any other way (at exit, say) refuses them.
+        pool.superseded = True
         pool.close()
         count += 1
     return count

@@ -250,42 +250,45 @@ class TestRunnerTests(SimpleTestCase):
         self.assertNotIn("being accessed by other users", result.stderr)
 
     def test_another_threads_parked_lease_follows_the_rename_to_the_test_database(self):
-        # A worker thread's lease parks between its jobs; the runner then renames the
-        # database in place (closing only its own thread's connection). The worker's next
-        # job must run in the test database, as with Django's own backend: not go on in
-        # the real one.
+        # A worker thread's leases park between its jobs; the runner then renames the
+        # databases in place (closing only its own thread's connections), the primary's
+        # and its TEST MIRROR's. The worker's next job must run in the test database, as
+        # with Django's own backend: not go on in the real one.
         params = server_params()
         code = f"""
 import threading
 import django
 from django.conf import settings
-settings.configure(DATABASES={{"default": {{
-    "ENGINE": "django_pooled_pg", "NAME": "dpp_rename", "USER": {params["user"]!r},
-    "HOST": {params["host"]!r}, "PORT": {str(params["port"])!r}}}}})
+server = {{"ENGINE": "django_pooled_pg", "NAME": "dpp_rename", "USER": {params["user"]!r},
+          "HOST": {params["host"]!r}, "PORT": {str(params["port"])!r}}}
+settings.configure(DATABASES={{
+    "default": server, "replica": {{**server, "TEST": {{"MIRROR": "default"}}}}}})
 django.setup()
 from django.db import close_old_connections, connection, connections
 from django.db.backends.postgresql.base import DatabaseWrapper as Stock
+from django.test.utils import setup_databases, teardown_databases
 with Stock({{**connection.settings_dict, "NAME": "postgres"}}).cursor() as admin:
     admin.execute("DROP DATABASE IF EXISTS dpp_rename")
     admin.execute("CREATE DATABASE dpp_rename")
 parked, renamed, seen = threading.Event(), threading.Event(), []
 def worker():
     for job in range(2):
-        with connections["default"].cursor() as cursor:
-            cursor.execute("SELECT current_database()")
-            seen.append(cursor.fetchone()[0])
-        close_old_connections()  # between jobs: the lease parks
+        for alias in ("default", "replica"):
+            with connections[alias].cursor() as cursor:
+                cursor.execute("SELECT current_database()")
+                seen.append(alias + ":" + cursor.fetchone()[0])
+        close_old_connections()  # between jobs: the leases park
         if job == 0:
             parked.set()
             renamed.wait(30)
 thread = threading.Thread(target=worker)
 thread.start()
 parked.wait(30)
-connection.creation.create_test_db(verbosity=0, autoclobber=True)
+old_config = setup_databases(verbosity=0, interactive=False)
 renamed.set()
 thread.join(30)
-connection.creation.destroy_test_db("dpp_rename", verbosity=0)
-print(seen)
+teardown_databases(old_config, verbosity=0)
+print(" ".join(seen))
 from django_pooled_pg.registry import close_pools
 close_pools()
 with Stock({{**connection.settings_dict, "NAME": "postgres"}}).cursor() as admin:
@@ -293,7 +296,11 @@ with Stock({{**connection.settings_dict, "NAME": "postgres"}}).cursor() as admin
 """
         result = run_python(code)
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertEqual(result.stdout.split(), ["['dpp_rename',", "'test_dpp_rename']"])
+        self.assertEqual(
+            result.stdout.split(),
+            ["default:dpp_rename", "replica:dpp_rename",
+             "default:test_dpp_rename", "replica:test_dpp_rename"],
+        )  # fmt: skip
 
     def test_parallel_run_clones_and_drops_test_databases(self):
         result = self.run_testproject_tests("--parallel", "2")
@@ -518,6 +525,36 @@ django.setup()
             "ImproperlyConfigured: DATABASES['default']['OPTIONS']['pool']: max_size must be at "
             "least 1", result.stderr
         )  # fmt: skip
+
+    def test_a_request_waiting_when_the_pools_close_for_good_gets_pool_closed(self):
+        from django.db import OperationalError, connections
+
+        from django_pooled_pg.conf import configure_pool, reset_pool_config
+        from django_pooled_pg.pool import close_all_pools
+
+        from .helpers import wait_until
+
+        self.addCleanup(reset_pool_config, "default")
+        connection.close()
+        configure_pool("default", max_size=1, timeout=30)
+        old = connection.database.pool
+        connection.ensure_connection()
+
+        def waiting_request():
+            try:
+                with connections["default"].cursor():
+                    return "leased"
+            except OperationalError as error:
+                return str(error)
+            finally:
+                connections["default"].close()
+
+        with concurrent.futures.ThreadPoolExecutor(1) as executor:
+            waiting = executor.submit(waiting_request)
+            wait_until(lambda: old.get_stats()[S.REQUESTS_WAITING] == 1, what="a waiter")
+            close_all_pools()  # as at interpreter exit: no new pool, no new connection
+            self.assertIn("was closed while waiting", waiting.result(30))
+        connection.close()
 
     def test_connection_database_shows_the_new_pool_after_configure_pool(self):
         from django_pooled_pg.conf import configure_pool, reset_pool_config

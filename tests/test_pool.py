@@ -566,8 +566,9 @@ class ConfigTests(PoolTestCase):
             ({"tracking": None}, "tracking must be one of 'off', 'counters', 'stacks', not None"),
             (
                 {"connect_timeout": float("inf")},
-                "connect_timeout must be a finite number of seconds >= 0, not inf",
+                "connect_timeout must be a number of seconds from 0 to 2147483647, not inf",
             ),
+            ({"connect_timeout": 1e20}, "connect_timeout must be a number of seconds from 0"),
             ({"max_sise": 3}, "unknown option 'max_sise'; allowed options are: "),
         ]
         for options, message in cases:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any
 
 __all__ = ["PoolConfig", "RESET_MODES", "CLEANER_MODES", "TRACKING_LEVELS"]
@@ -102,10 +101,10 @@ class PoolConfig:
             value = getattr(self, name)
             if value is not None and not value >= 0:  # (NaN too: it compares false)
                 problems.append(f"{name} must be a number of seconds >= 0, not {value}")
-        if self.connect_timeout == math.inf:  # (libpq takes whole seconds)
+        if self.connect_timeout > _LIBPQ_INT_MAX:  # (libpq takes whole seconds, an int)
             problems.append(
-                f"connect_timeout must be a finite number of seconds >= 0, not "
-                f"{self.connect_timeout}"
+                f"connect_timeout must be a number of seconds from 0 to {_LIBPQ_INT_MAX}, "
+                f"not {self.connect_timeout}"
             )
         if not self.timeout > 0:
             problems.append(f"timeout must be a number of seconds > 0, not {self.timeout}")
@@ -128,6 +127,8 @@ class PoolConfig:
                 )
         return problems
 
+
+_LIBPQ_INT_MAX = 2**31 - 1
 
 #: The options that take one of a few strings (named in a wrong type's message too).
 _CHOICES = {"reset": RESET_MODES, "cleaner": CLEANER_MODES, "tracking": TRACKING_LEVELS}

@@ -120,6 +120,9 @@ class ConnectionPool:
             self.conninfo["connect_timeout"] = max(1, math.ceil(self.config.connect_timeout))
         self.configure = configure
         self.session_init = tuple(session_init)
+        #: set by whoever closes this pool for a successor with new options (the Django
+        #: layer's registry): a checkout refused by the close may go on in that one
+        self.superseded = False
         self._track_stacks = self.config.tracking == "stacks"
         #: None when tracking is off: the query path then skips timing altogether
         self.tracker = Tracker(name, self.config) if self.config.tracking != "off" else None
