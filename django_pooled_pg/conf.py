@@ -46,7 +46,7 @@ def _parse_pool_config(alias: str, settings_dict: dict[str, Any]) -> PoolConfig 
     """
     options = settings_dict.get("OPTIONS", {}).get("pool", True)
     override = _overrides.get(alias)
-    if options is False and not override:
+    if options is False:  # (configure_pool() refuses such an alias; its settings win)
         return None
     if override:
         options = {**(options if isinstance(options, dict) else {}), **override}

@@ -507,6 +507,14 @@ class ProgrammaticConfigTests(SimpleTestCase):
         for call, message in refusals:
             with self.subTest(message), self.assertRaisesMessage(ImproperlyConfigured, message):
                 call()
+        # Options set while an alias was pooled do not pool it once its settings say False.
+        add_alias(self, "later_plain", settings_for())
+        configure_pool("later_plain", max_size=2)
+        from django.db import connections
+
+        later = connections.settings["later_plain"]
+        later["OPTIONS"] = {"pool": False}
+        self.assertIsNone(DatabaseWrapper(later, "later_plain").pool_config)
 
     def test_a_backend_built_on_this_one_gets_the_startup_checks(self):
         params = server_params()
