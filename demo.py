@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """The demo: the testproject served by gunicorn through the pooled backend, on a throwaway
-PostgreSQL started here (or $DATABASE_URL).
+PostgreSQL started here (never $DATABASE_URL: the demo loads data and makes a staff user
+admin/admin; ``--database-url`` picks a server on purpose).
 
 It migrates, loads a small catalogue, starts gunicorn (2 worker processes x 4 threads) on
 http://127.0.0.1:8000/, sends a burst of real HTTP requests, prints what each worker's pool
@@ -32,6 +33,11 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--seconds", type=float, default=None, help="stop after N seconds")
+    parser.add_argument(
+        "--database-url", default=None, metavar="URL",
+        help="use this database instead of a throwaway cluster: the demo migrates it, loads "
+        "its data into it and makes a staff user admin/admin there",
+    )  # fmt: skip
     args = parser.parse_args()
 
     sys.path[:0] = [HERE, PROJECT]
@@ -39,7 +45,11 @@ def main() -> int:
     # Workers publish their pools every 2 s, so that pool_status shows them all quickly.
     env = dict(os.environ, DJANGO_SETTINGS_MODULE="testproject.settings", STATUS_INTERVAL="2")
     env["PYTHONPATH"] = os.pathsep.join([HERE, PROJECT, env.get("PYTHONPATH", "")])
-    if not env.get("DATABASE_URL"):
+    if args.database_url:
+        env["DATABASE_URL"] = args.database_url
+        print(f"Using {args.database_url.split('@')[-1]}: demo data and user admin/admin go there")
+    else:
+        # (an exported $DATABASE_URL, for the tests say, is not the demo's to fill)
         from django_pooled_pg.testing import Cluster
 
         cluster = Cluster().init()

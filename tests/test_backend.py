@@ -12,6 +12,7 @@ import tempfile
 import time
 import urllib.request
 
+import psycopg2
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import request_finished, request_started
@@ -396,11 +397,18 @@ class DemoTests(SimpleTestCase):
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = str(probe.getsockname()[1])
+        # README's command: its own throwaway cluster. An exported DATABASE_URL (for the
+        # tests, say) must not receive the demo's data and its admin/admin user.
         result = run_python(
             None, "demo.py", "--seconds", "0", "--requests", "100", "--port", port,
-            env={"DATABASE_URL": url}, timeout=180,
+            env={"DATABASE_URL": url}, timeout=240,
         )  # fmt: skip
         self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("PostgreSQL throwaway cluster on port", result.stdout)
+        with psycopg2.connect(url) as untouched, untouched.cursor() as cursor:
+            cursor.execute("SELECT count(*) FROM pg_tables WHERE schemaname = 'public'")
+            self.assertEqual(cursor.fetchone(), (0,))
+        untouched.close()
         self.assertIn("100 requests from", result.stdout)
         self.assertIn("Pool of each gunicorn worker", result.stdout)
         # pool_status, from a process of its own, shows every worker and the open transaction.
