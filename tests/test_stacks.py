@@ -9,6 +9,8 @@ import weakref
 
 from django_pooled_pg.pool import stacks
 
+from .helpers import PoolTestCase
+
 
 def _nested(depth, take):
     """``take()`` called ``depth`` frames below this one."""
@@ -200,3 +202,20 @@ print(stacks.WALKER, stacks.capture is stacks.capture_python, bool(stack), names
             [sys.executable, "-c", script], capture_output=True, text=True, check=True
         )
         self.assertEqual(done.stdout.split(), ["Python", "True", "True", "['inner',", "'stop']"])
+
+
+class TypedCodeTests(PoolTestCase):
+    def test_code_typed_in_a_shell_counts_as_the_users_frame(self):
+        # manage.py shell runs code.InteractiveConsole: its frames are "<console>".
+        import code
+
+        pool = self.make_pool(tracking="stacks")
+        console = code.InteractiveConsole({"pool": pool})
+        console.push("handle = pool.checkout()")
+        handle = console.locals["handle"]
+        self.addCleanup(handle.close)
+        self.assertEqual(
+            stacks.first_user_frame(handle.record.lease_stack), "<console>:1 in <module>"
+        )
+        self.assertTrue(stacks._is_hidden("<frozen importlib._bootstrap>", ()))
+        self.assertTrue(stacks._is_hidden("<string>", ()))

@@ -145,7 +145,14 @@ def first_user_frame(stack: Stack, hidden: Iterable[str] = DEFAULT_HIDDEN) -> st
 _STDLIB = os.path.dirname(os.__file__) + os.sep
 
 
+#: Pseudo-files of code typed at a prompt (Python's REPL, ``manage.py shell``'s console,
+#: IPython): the user's own, where ``<frozen ...>`` and ``<string>`` are library code.
+_TYPED = ("<stdin>", "<console>", "<python-input-", "<ipython-input-")
+
+
 def _is_hidden(filename: str, hidden: Sequence[str]) -> bool:
     if filename.startswith(_STDLIB) and "-packages" not in filename:
         return True  # the standard library: threading, contextlib, socketserver...
-    return filename.startswith("<") or any(part in filename for part in hidden)
+    if filename.startswith("<"):
+        return not filename.startswith(_TYPED)
+    return any(part in filename for part in hidden)
