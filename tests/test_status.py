@@ -17,6 +17,7 @@ import threading
 import time
 from urllib.parse import quote
 
+import psycopg2
 from django.contrib.auth.models import User
 from django.core.checks import run_checks
 from django.core.exceptions import ImproperlyConfigured
@@ -376,6 +377,17 @@ class PublisherTests(PooledAliasTestCase):
         row = self.mine().get(alias="default")
         self.assertEqual(row.data["stats"]["pool_leased"], 1)
         self.assertEqual(row.data["oldest_lease_s"] is not None, True)
+
+    @override_settings(POOLED_PG_STATUS=PUBLISHING)
+    def test_the_publishers_socket_gives_up_on_a_silent_network(self):
+        # statement_timeout is the server's: a network that stops answering needs limits
+        # on the client's socket, or a cleaner (or an inline cleaner's request) would hang.
+        self.assertTrue(self.publisher.publish())
+        dsn = self.publisher._conn.get_dsn_parameters()
+        self.assertEqual(dsn.get("keepalives"), "1")
+        self.assertEqual(dsn.get("keepalives_idle"), "5")
+        if psycopg2.__libpq_version__ >= 120000:
+            self.assertEqual(dsn.get("tcp_user_timeout"), "10000")
 
     @override_settings(POOLED_PG_STATUS=PUBLISHING)
     def test_no_password_and_no_connection_string_is_published(self):

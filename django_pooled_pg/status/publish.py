@@ -44,6 +44,13 @@ WARN_EVERY = 300.0
 #: Bounds on the publisher's own session, so that a sick server cannot hold it long.
 CONNECT_TIMEOUT = 3
 STATEMENT_TIMEOUT_MS = 5000
+#: ... and on its socket, for a network that stops answering (the server's
+#: statement_timeout cannot fire then): keepalives give up after about 5 + 2 x 2 s of
+#: silence, unacknowledged writes after 10 s (tcp_user_timeout: Linux, libpq 12+).
+SOCKET_LIMITS = {
+    "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2, "keepalives_count": 2,
+    **({"tcp_user_timeout": 10_000} if psycopg2.__libpq_version__ >= 120000 else {}),
+}  # fmt: skip
 
 _UPSERT = f"""
 INSERT INTO {TABLE} (host, pid, alias, application_name, started_at, published_at, data, history)
@@ -156,6 +163,8 @@ class Publisher:
         params = dict(connections[conf.database].get_connection_params())
         params["application_name"] = identity.application_name(conf.database, "publisher")
         params.setdefault("connect_timeout", CONNECT_TIMEOUT)
+        for name, value in SOCKET_LIMITS.items():
+            params.setdefault(name, value)
         conn = psycopg2.connect(**params)
         try:
             conn.autocommit = True
