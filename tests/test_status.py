@@ -768,6 +768,11 @@ class StatusDatabaseDownTests(SimpleTestCase):
                 'FATAL:  no pg_hba.conf entry for host "10.0.0.1", user "…"',
             "permission denied for table pooled_pg_status_snapshot":
                 "permission denied for table pooled_pg_status_snapshot",
+            # the pool's own errors name the pool, user included
+            "couldn't get a connection from pool 'default:secretuser@127.0.0.1:5432/app' "
+            "after 0.50 sec":
+                "couldn't get a connection from pool 'default:…@127.0.0.1:5432/app' after "
+                "0.50 sec",
         }  # fmt: skip
         for message, shown in messages.items():
             with self.subTest(message):

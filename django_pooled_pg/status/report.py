@@ -151,13 +151,15 @@ def _read_snapshots(database: str, expiry: float) -> list[dict[str, Any]]:
 #: in the name: everything up to the line's last quote goes (or to its end, when a name
 #: with a newline in it was cut there).
 _ROLE_NAME = re.compile(r'\b(user|role|authorization) (?:"[^\n]*"|"[^\n]*$)')
+#: The pool's own errors (timeout, too many waiting, closed) name it 'alias:user@host...'.
+_POOL_USER = re.compile(r"'([^':\s]+):[^'@\s]*@")
 
 
 def describe_error(error: BaseException) -> str:
     """The first line of a database error, its SQLSTATE if any, without role names."""
     cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
     lines = str(cause).strip().splitlines() or [type(cause).__name__]
-    text = _ROLE_NAME.sub(r'\1 "…"', lines[0].strip())
+    text = _POOL_USER.sub(r"'\1:…@", _ROLE_NAME.sub(r'\1 "…"', lines[0].strip()))
     code = getattr(cause, "pgcode", None)
     return f"{text} (SQLSTATE {code})" if code else text
 
