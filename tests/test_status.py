@@ -379,6 +379,35 @@ class PublisherTests(PooledAliasTestCase):
         self.assertEqual(row.data["oldest_lease_s"] is not None, True)
 
     @override_settings(POOLED_PG_STATUS=PUBLISHING)
+    def test_rows_of_another_format_or_damaged_are_skipped_and_named(self):
+        from django_pooled_pg.status.report import read_status
+        from django_pooled_pg.status.text import render
+
+        self.assertTrue(self.publisher.publish())
+        admin = admin_connection()
+        self.addCleanup(query, admin, f"DELETE FROM {TABLE} WHERE host = 'odd'")
+        good = self.mine().get(alias="default")
+        old_format = {**good.data, "format": 1}
+        bad_sample = [[1.0, 2, "x", 0]]
+        for pid, data, history in (
+            (1, [], []), (2, {}, []), (3, old_format, good.history), (4, good.data, "x"),
+            (5, good.data, bad_sample), (6, {**good.data, "connections": [{}]}, []),
+        ):  # fmt: skip
+            query(
+                admin,
+                f"INSERT INTO {TABLE} (host, pid, alias, application_name, started_at, "
+                f"published_at, data, history) VALUES ('odd', %s, 'default', 'x', now(), "
+                f"now(), %s::jsonb, %s::jsonb)",
+                [pid, json.dumps(data), json.dumps(history)],
+            )
+        status = read_status()
+        self.assertEqual(status["unreadable_snapshots"], [f"odd pid {n}" for n in range(1, 7)])
+        shown = processes_of(status).keys()
+        self.assertIn((identity.host(), os.getpid()), shown)
+        self.assertFalse([key for key in shown if key[0] == "odd"])
+        self.assertIn("skipped 6 snapshots of another format", render(status))
+
+    @override_settings(POOLED_PG_STATUS=PUBLISHING)
     def test_the_publishers_socket_gives_up_on_a_silent_network(self):
         # statement_timeout is the server's: a network that stops answering needs limits
         # on the client's socket, or a cleaner (or an inline cleaner's request) would hang.

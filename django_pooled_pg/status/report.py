@@ -21,7 +21,7 @@ from ..pool import stats as S
 from .chart import combine_history
 from .conf import status_settings
 from .models import TABLE
-from .snapshot import merge_top_queries
+from .snapshot import merge_top_queries, readable
 
 __all__ = ["StatusTableMissing", "StatusUnavailable", "UnknownAlias", "read_status"]
 
@@ -91,7 +91,8 @@ def read_status(aliases: list[str] | None = None) -> dict[str, Any]:
                 f"unknown database alias {alias!r}; known aliases: {', '.join(known)}"
             )
     conf = status_settings()
-    rows = _read_snapshots(conf.database, conf.expiry)
+    unreadable: list[str] = []
+    rows = _read_snapshots(conf.database, conf.expiry, unreadable)
     if aliases is None:
         aliases = sorted(set(pooled_aliases()) | {row["alias"] for row in rows})
     servers: dict[str, dict[str, Any]] = {}
@@ -108,12 +109,15 @@ def read_status(aliases: list[str] | None = None) -> dict[str, Any]:
         "expire_after_s": conf.expiry,
         "processes": len({(row["host"], row["pid"]) for row in rows}),
         "hosts": sorted({row["host"] for row in rows}),
+        # (processes of another version of this package, in a rolling deploy, say)
+        "unreadable_snapshots": unreadable,
         "aliases": sections,
         "servers": [_server_totals(key, server, sections) for key, server in servers.items()],
     }
 
 
-def _read_snapshots(database: str, expiry: float) -> list[dict[str, Any]]:
+def _read_snapshots(database: str, expiry: float, unreadable: list[str]) -> list[dict[str, Any]]:
+    """The live snapshots; rows of another format (or damaged) go to ``unreadable``."""
     try:
         # A savepoint when the caller is in a transaction (ATOMIC_REQUESTS): a missing
         # table must not break the rest of the request.
@@ -134,12 +138,19 @@ def _read_snapshots(database: str, expiry: float) -> list[dict[str, Any]]:
         ) from None
     rows = []
     for host, pid, alias, app_name, started, published, age, data, history in fetched:
+        try:
+            data, history = _json(data), _json(history)
+        except ValueError:
+            data = None
+        if not readable(data, history):
+            unreadable.append(f"{host} pid {pid}")
+            continue
         rows.append(
             {
                 "host": host, "pid": pid, "alias": alias, "application_name": app_name,
                 "started_at": started.isoformat(timespec="seconds"),
                 "published_at": published.isoformat(timespec="seconds"),
-                "age_s": float(age), **_json(data), "history": _json(history),
+                "age_s": float(age), **data, "history": history,
             }
         )  # fmt: skip
     return rows

@@ -26,6 +26,58 @@ def alias_of(pool: ConnectionPool) -> str:
     return pool.name.partition(":")[0]
 
 
+#: The shape of a published snapshot: readers skip rows of another (a process running
+#: another version of this package, in a rolling deploy) rather than fail on them.
+SNAPSHOT_FORMAT = 2
+
+_NUMBER = (int, float)
+_CONNECTION_FIELDS = {
+    "backend_pid": int, "state": str, "state_s": _NUMBER, "age_s": _NUMBER, "leases": int,
+}  # fmt: skip
+#: ... and these, text or None
+_CONNECTION_TEXTS = (
+    "thread", "last_query", "leased_at", "lease_stack", "cursor_stack", "execute_stack",
+)  # fmt: skip
+_QUERY_FIELDS = {"sql": str, "count": int, "total_ms": _NUMBER, "max_ms": _NUMBER, "rows": int}
+
+
+def readable(data: Any, history: Any) -> bool:
+    """Whether a snapshot row (its data and history, as read back) has the shape this
+    version's readers use: another version's, or a damaged row, is skipped."""
+
+    def fields(row: Any, types: dict[str, Any], texts: tuple[str, ...] = ()) -> bool:
+        return (
+            isinstance(row, dict)
+            and all(
+                isinstance(row.get(name), kind) and not isinstance(row.get(name), bool)
+                for name, kind in types.items()
+            )
+            and all(row.get(name) is None or isinstance(row[name], str) for name in texts)
+        )
+
+    return (
+        isinstance(data, dict)
+        and data.get("format") == SNAPSHOT_FORMAT
+        and isinstance(data.get("stats"), dict)
+        and all(isinstance(v, _NUMBER) for v in data["stats"].values())
+        and isinstance(data.get("idle_in_transaction"), int)
+        and isinstance(data.get("database"), dict)
+        and isinstance(data.get("config"), dict)
+        and isinstance(data.get("connections"), list)
+        and all(
+            fields(row, _CONNECTION_FIELDS, _CONNECTION_TEXTS) for row in data["connections"]
+        )
+        and isinstance(data.get("top_queries"), list)
+        and all(fields(row, _QUERY_FIELDS) for row in data["top_queries"])
+        and isinstance(history, list)
+        and all(
+            isinstance(sample, list) and len(sample) == 4
+            and all(isinstance(v, _NUMBER) and not isinstance(v, bool) for v in sample)
+            for sample in history
+        )
+    )  # fmt: skip
+
+
 def collect(top_queries: int = 25) -> dict[str, dict[str, Any]]:
     """A snapshot per alias of this process's open pools (several pools of one alias, as
     after configure_pool(), are added together)."""
@@ -61,6 +113,7 @@ def _describe(group: list[ConnectionPool], top_queries: int) -> dict[str, Any]:
             queries.append(merge_top_queries(both, deduplicate=True))
     first = group[0]
     return {
+        "format": SNAPSHOT_FORMAT,
         "config": {name: getattr(first.config, name) for name in _CONFIG_SHOWN},
         "database": {
             "name": first.conninfo.get("dbname") or first.conninfo.get("database"),

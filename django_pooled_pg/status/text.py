@@ -16,10 +16,17 @@ def render(
 ) -> str:
     hosts = status["hosts"]
     out = [
-        f"Pool status at {status['generated_at']}: {status['processes']} processes on "
-        f"{len(hosts)} hosts{' (' + ', '.join(hosts) + ')' if hosts else ''}; snapshots of the "
-        f"last {status['expire_after_s']:g} s, published every {status['interval_s']:g} s"
+        f"Pool status at {status['generated_at']}: {_plural(status['processes'], 'process')} "
+        f"on {_plural(len(hosts), 'host')}{' (' + ', '.join(hosts) + ')' if hosts else ''}; "
+        f"snapshots of the last {status['expire_after_s']:g} s, published every "
+        f"{status['interval_s']:g} s"
     ]
+    unreadable = status.get("unreadable_snapshots")
+    if unreadable:
+        out.append(
+            f"(skipped {_plural(len(unreadable), 'snapshot')} of another format, from another "
+            f"version of django_pooled_pg or damaged: {', '.join(unreadable)})"
+        )
     for section in status["aliases"]:
         out += ["", *_alias(section, stacks, queries, verbosity)]
     for server in status["servers"]:
@@ -191,3 +198,7 @@ def _wait(server: dict[str, Any]) -> str:
 def _cut(text: str | None, limit: int) -> str:
     text = " ".join((text or "").split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else ('es' if noun.endswith('s') else 's')}"
