@@ -84,6 +84,12 @@ def parse_application_name(text: str | None) -> dict[str, Any] | None:
     return {**match.groupdict(), "pid": int(match["pid"])}
 
 
+def is_this_process(tag: dict[str, Any]) -> bool:
+    """Whether a parsed tag is one of this process's sessions (its host as the tag holds
+    it: made ASCII, maybe shortened)."""
+    return tag["pid"] == pid() and _ascii(host()).startswith(tag["host"]) and bool(tag["host"])
+
+
 def _ascii(text: str) -> str:
     # Spaces would break parsing; non-ASCII bytes are escaped by the server.
     return "".join(c if 32 < ord(c) < 127 else "?" for c in text)

@@ -177,6 +177,15 @@ class ApplicationNameTests(PooledAliasTestCase):
             connection.close()
         self.assertEqual(identity.parse_application_name(name)["pid"], os.getpid())
 
+    def test_this_processs_sessions_are_recognised_with_a_long_or_non_ascii_host(self):
+        # (the page and pool_status leave their own sessions out of "nobody published")
+        for host in ("web-" + "x" * 100, "héte"):
+            with self.subTest(host), override_settings(POOLED_PG_STATUS={"host": host}):
+                tag = identity.parse_application_name(identity.application_name("default"))
+                self.assertTrue(identity.is_this_process(tag))
+                self.assertFalse(identity.is_this_process({**tag, "pid": tag["pid"] + 1}))
+                self.assertFalse(identity.is_this_process({**tag, "host": "other"}))
+
     def test_options_application_name_wins(self):
         wrapper = DatabaseWrapper(settings_for(OPTIONS={"application_name": "billing"}), "tag")
         try:
@@ -406,6 +415,19 @@ class PublisherTests(PooledAliasTestCase):
         self.assertIn((identity.host(), os.getpid()), shown)
         self.assertFalse([key for key in shown if key[0] == "odd"])
         self.assertIn("skipped 6 snapshots of another format", render(status))
+
+    @override_settings(POOLED_PG_STATUS=PUBLISHING)
+    def test_terminal_control_sequences_in_the_data_are_shown_not_obeyed(self):
+        from django_pooled_pg.status.report import read_status
+        from django_pooled_pg.status.text import render
+
+        self.assertTrue(self.publisher.publish())
+        status = read_status()
+        status["hosts"] = ["\x1b]0;owned\x07\x1b[2Jweb-1"]  # any process names its host
+        text = render(status, verbosity=2)
+        self.assertNotIn("\x1b", text)
+        self.assertNotIn("\x07", text)
+        self.assertIn("\\x1b]0;owned\\x07\\x1b[2Jweb-1", text)
 
     @override_settings(POOLED_PG_STATUS=PUBLISHING)
     def test_the_publishers_socket_gives_up_on_a_silent_network(self):
@@ -955,6 +977,15 @@ class BrowserTests(LiveServerTestCase):
                 )  # fmt: skip
                 self.assertTrue(page.locator("details.idle-in-transaction[open]").count() == 1)
                 page.screenshot(path=screenshot, full_page=True)
+                # Signed out meanwhile: the refresh gets the login page through a redirect,
+                # and says so instead of showing a login form inside the status.
+                page.context.clear_cookies()
+                page.wait_for_function(
+                    "() => document.getElementById('refresh-state').textContent"
+                    ".includes('signed out')", timeout=30_000,
+                )  # fmt: skip
+                self.assertEqual(page.locator("#status input[name='password']").count(), 0)
+                self.assertGreater(page.locator("tr.process").count(), 0)
 
                 other = browser.new_page()
                 other.goto(url)

@@ -240,13 +240,12 @@ def _alias_section(
             conn for conn in process["connections"] if conn["state"] == "idle in transaction"
         ]
     database = server.get("databases", {}).get(alias)
-    me = (identity.host(), identity.pid())
     unpublished = []
     for row in server.get("activity", ()):
         tag = row["tag"]
         if row["datname"] != database or row["backend_pid"] in published:
             continue
-        if tag is not None and (tag["host"], tag["pid"]) == me:
+        if tag is not None and identity.is_this_process(tag):
             continue  # this command's (or page's) own sessions
         unpublished.append({**row, "who": _who(tag)})
     stats = [process["stats"] for process in processes]

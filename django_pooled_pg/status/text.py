@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,7 +32,16 @@ def render(
         out += ["", *_alias(section, stacks, queries, verbosity)]
     for server in status["servers"]:
         out += ["", *_server(server)]
-    return "\n".join(out) + "\n"
+    # Query text, thread and host names come from any client or process: terminal control
+    # sequences in them (a retitled window, a cleared screen) are shown, not obeyed.
+    return _CONTROL.sub(_escape, "\n".join(out)) + "\n"
+
+
+_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match.group()):02x}"
 
 
 def _alias(section: dict[str, Any], stacks: bool, queries: int, verbosity: int) -> list[str]:
