@@ -77,7 +77,6 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
 
     Returns the resulting config. Raises ImproperlyConfigured for a bad option, at once.
     """
-
     from .registry import close_pools
 
     settings_dict = pooled_alias_settings(alias, "configure_pool")
@@ -86,6 +85,12 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
             f"configure_pool({alias!r}): DATABASES[{alias!r}]['OPTIONS']['pool'] is False "
             f"(pooling turned off); set it to True or a dict of options to pool this alias"
         )
+    # The call's own mistakes are named as the call's; bad settings are reported below.
+    settings_options = settings_dict.get("OPTIONS", {}).get("pool", True)
+    base = settings_options if isinstance(settings_options, dict) else {}
+    problem = _problem({**base, **options})
+    if problem is not None and _problem(base) is None:
+        raise ImproperlyConfigured(f"configure_pool({alias!r}): {problem}")
     merged = {**_overrides.get(alias, {}), **options}
     previous = _overrides.get(alias)
     _overrides[alias] = merged
@@ -103,6 +108,14 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
     # Pools of the old options close as their connections come back.
     close_pools(lambda pool: pool.name.startswith(f"{alias}:") and pool.config != config)
     return config
+
+
+def _problem(options: dict[str, Any]) -> str | None:
+    try:
+        PoolConfig.from_options(options)
+    except ValueError as error:
+        return str(error)
+    return None
 
 
 def reset_pool_config(alias: str | None = None) -> None:

@@ -223,7 +223,9 @@ class SettingsCheckTests(SimpleTestCase):
         self.assertIn("max_size must be at least 1, not -1", result.stderr)
 
     def test_unknown_option_lists_the_allowed_ones(self):
-        with self.assertRaisesMessage(ImproperlyConfigured, "unknown option 'maxsize'; allowed"):
+        with self.assertRaisesMessage(
+            ImproperlyConfigured, "unknown option 'maxsize' (did you mean 'max_size'?); allowed"
+        ):
             DatabaseWrapper(settings_for(OPTIONS={"pool": {"maxsize": 2}}), "bad")
 
     @override_settings(DATABASES={"default": {"ENGINE": "django_pooled_pg", "CONN_MAX_AGE": 60}})
@@ -433,8 +435,15 @@ class ProgrammaticConfigTests(SimpleTestCase):
 
         self.addCleanup(reset_pool_config, "default")
         configure_pool("default", max_size=4)
-        with self.assertRaisesMessage(ImproperlyConfigured, "max_size must be at least 1"):
+        with self.assertRaisesMessage(
+            ImproperlyConfigured, "configure_pool('default'): max_size must be at least 1"
+        ):
             configure_pool("default", max_size=0)
+        with self.assertRaisesMessage(
+            ImproperlyConfigured,
+            "configure_pool('default'): unknown option 'max_szie' (did you mean 'max_size'?)",
+        ):
+            configure_pool("default", max_szie=2)
         connection.close()
         self.assertEqual(connection.database.pool.config.max_size, 4)
 

@@ -569,7 +569,9 @@ class ConfigTests(PoolTestCase):
                 "connect_timeout must be a number of seconds from 0 to 2147483647, not inf",
             ),
             ({"connect_timeout": 1e20}, "connect_timeout must be a number of seconds from 0"),
-            ({"max_sise": 3}, "unknown option 'max_sise'; allowed options are: "),
+            ({"max_sise": 3}, "unknown option 'max_sise' (did you mean 'max_size'?); allowed"),
+            ({"zzz": 3}, "unknown option 'zzz'; allowed options are: "),
+            ({"num_workers": 3}, "unknown option 'num_workers' (num_workers is psycopg_pool's:"),
         ]
         for options, message in cases:
             with self.subTest(options=options):

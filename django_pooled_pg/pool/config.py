@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any
 
 __all__ = ["PoolConfig", "RESET_MODES", "CLEANER_MODES", "TRACKING_LEVELS"]
@@ -43,7 +44,7 @@ class PoolConfig:
     #: "always": full reset on every return; "rollback": only end the open transaction
     reset: str = "auto"
     #: "thread": a background thread closes idle/old connections and refills to min_size;
-    #: "inline": the same work runs on checkout/checkin, no thread
+    #: "inline": the same work runs on checkin (and park), no thread
     cleaner: str = "thread"
     #: "off"; "counters": statistics, query times, states; "stacks": also where each lease,
     #: cursor and query was taken (for timeouts, leak and idle-in-transaction reports)
@@ -74,10 +75,16 @@ class PoolConfig:
                 f"must be True or a dict of pool options, not {type(options).__name__}"
             )
         known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(set(options) - known)
+        unknown = sorted(set(options) - known, key=str)
         if unknown:
+            name = unknown[0]
+            if name in _PSYCOPG_POOL_ONLY:
+                hint = f" ({name} is psycopg_pool's: {_PSYCOPG_POOL_ONLY[name]})"
+            else:
+                close = difflib.get_close_matches(str(name), known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(
-                f"unknown option {unknown[0]!r}; allowed options are: {', '.join(sorted(known))}"
+                f"unknown option {name!r}{hint}; allowed options are: {', '.join(sorted(known))}"
             )
         types = {field.name: field.type for field in dataclasses.fields(cls)}
         for name, value in options.items():
@@ -129,6 +136,19 @@ class PoolConfig:
 
 
 _LIBPQ_INT_MAX = 2**31 - 1
+
+#: Options of Django's built-in pool (psycopg_pool's ConnectionPool) without a counterpart
+#: here, with what to do instead: someone moving over gets told, not just refused.
+_PSYCOPG_POOL_ONLY = {
+    "name": "this pool is named after the alias, user, host and database; remove it",
+    "num_workers": "this pool opens connections in the thread that needs one; remove it",
+    "check": "this pool checks each connection it hands out itself; see ping_after",
+    "reconnect_timeout": "a failed connect raises at once here; see connect_timeout",
+    "reconnect_failed": "a failed connect raises at once here; remove it",
+    "configure": "use Django's connection_created signal or OPTIONS['assume_role']",
+    "kwargs": "connection parameters come from the alias's settings; remove it",
+    "open": "this pool opens on first use; remove it",
+}
 
 #: The options that take one of a few strings (named in a wrong type's message too).
 _CHOICES = {"reset": RESET_MODES, "cleaner": CLEANER_MODES, "tracking": TRACKING_LEVELS}

@@ -126,10 +126,18 @@ def _read_snapshots(database: str, expiry: float, unreadable: list[str]) -> list
             fetched = cursor.fetchall()
     except DatabaseError as error:
         if getattr(error.__cause__, "pgcode", None) == "42P01":  # undefined_table
+            from django.apps import apps
+
+            migrate = (
+                f"'manage.py migrate{'' if database == 'default' else ' --database ' + database}'"
+            )
+            todo = (
+                f"run {migrate}"
+                if apps.is_installed("django_pooled_pg.status")
+                else f"add 'django_pooled_pg.status' to INSTALLED_APPS and run {migrate}"
+            )
             raise StatusTableMissing(
-                f"the status table {TABLE} does not exist in database alias {database!r}: add "
-                f"'django_pooled_pg.status' to INSTALLED_APPS and run 'manage.py migrate"
-                f"{'' if database == 'default' else ' --database ' + database}'"
+                f"the status table {TABLE} does not exist in database alias {database!r}: {todo}"
             ) from None
         logger.warning("pool status: could not read the snapshots: %s", error)
         raise StatusUnavailable(
