@@ -47,6 +47,23 @@ def _configure_new_connection(isolation_level: Any) -> Any:
     return configure
 
 
+def _persistent_lease_sound(handle: ConnectionHandle) -> bool:
+    """Whether a lease kept across requests may go on: within max_lifetime, and alive. The
+    server wrote between requests (most often the FATAL of pg_terminate_backend or of a
+    shutdown; or a notification): then a ping tells."""
+    record = handle._record
+    conn = record.conn
+    if conn.closed or time.monotonic() >= record.expires_at:
+        return False
+    if record.poller.poll(0):
+        try:
+            with conn.cursor() as cursor:  # (the notifications stay the holder's)
+                cursor.execute("SELECT 1")
+        except psycopg2.Error:
+            return False
+    return True
+
+
 def _frozen(fingerprint: tuple[Any, ...]) -> tuple[Any, ...]:
     """A fingerprint with a copy of its OPTIONS (two levels: OPTIONS["pool"] is a dict)."""
     options = {k: dict(v) if isinstance(v, dict) else v for k, v in fingerprint[5].items()}
@@ -282,7 +299,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         return f"{self.alias}:{params.get('user', '')}@{host}:{port}/{params.get('dbname', '')}"
 
     def close_if_unusable_or_obsolete(self) -> None:
-        """At request start and end (Django's signals): park the lease (any CONN_MAX_AGE).
+        """At request start and end (Django's signals): with CONN_MAX_AGE=0, park the lease.
 
         Parking checks the connection in, reset and free for any other thread, while this
         wrapper keeps a handle that takes it back at its next use. Unlike close() it spares
@@ -290,7 +307,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         unusual (a transaction or atomic block, errors, autocommit off) takes Django's path.
         """
         handle = self.connection
-        if isinstance(handle, ConnectionHandle):
+        if isinstance(handle, ConnectionHandle) and self.settings_dict["CONN_MAX_AGE"] == 0:
             if handle._parked:
                 if not self._parked_lease_is_current():
                     self.close()  # options changed or the pool closed: lease anew
@@ -308,15 +325,17 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 if self.run_on_commit:  # (as close() leaves it)
                     self.run_on_commit = []
                 return
+        elif (
+            isinstance(handle, ConnectionHandle)
+            and not self.in_atomic_block
+            and not _persistent_lease_sound(handle)
+        ):
+            # CONN_MAX_AGE > 0 keeps the lease across requests (check W001): the pool's
+            # own checks still apply at each request's start and end, so a killed backend
+            # or one past max_lifetime is replaced, not used by the next request.
+            self.close()
+            return
         super().close_if_unusable_or_obsolete()
-
-    def connect(self) -> None:
-        super().connect()
-        if isinstance(self.connection, ConnectionHandle):
-            # The pool keeps connections open, not this wrapper: whatever CONN_MAX_AGE
-            # says (check W001), a lease ends with its request, or a thread would keep one
-            # from every other thread, and past max_lifetime and the pool's checks.
-            self.close_at = 0.0
 
     def init_connection_state(self) -> None:
         if isinstance(self.connection, ConnectionHandle):

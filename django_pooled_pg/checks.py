@@ -41,10 +41,10 @@ def check_pool_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.C
         if max_age != 0:
             messages.append(
                 checks.Warning(
-                    f"DATABASES[{alias!r}]['CONN_MAX_AGE'] is {max_age!r}, which a pooled "
-                    f"alias ignores: connections go back to the pool at the end of each "
-                    f"request, and the pool keeps them open (max_idle, max_lifetime).",
-                    hint="Remove CONN_MAX_AGE or set it to 0 (the default).",
+                    f"DATABASES[{alias!r}]['CONN_MAX_AGE'] is {max_age!r}: each thread keeps "
+                    f"its lease across requests, so the pool cannot share connections.",
+                    hint="Set CONN_MAX_AGE to 0 (the default): connections go back to the "
+                    "pool at the end of each request and stay open there.",
                     id="django_pooled_pg.W001",
                 )
             )

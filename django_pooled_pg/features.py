@@ -9,9 +9,7 @@ class DatabaseFeatures(PostgresFeatures):
     def django_test_skips(self):  # type: ignore[override]
         skips = dict(super().django_test_skips)
         # Django skips these for its psycopg 3 pool, which turns CONN_HEALTH_CHECKS off.
-        # They pass here: a connection that is not parked (a test's, or one between
-        # requests that ended unusually) goes through Django's health checks as before.
-        # (A parked lease is checked by the pool itself when it resumes.)
+        # This backend keeps Django's health checks working, so the tests apply (and pass).
         skips.pop("Pool does implicit health checks", None)
         skips["This backend pools psycopg2 connections by design."] = {
             # Proves that the stock backend refuses OPTIONS['pool'] under psycopg2.

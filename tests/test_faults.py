@@ -36,21 +36,24 @@ class DeadConnectionTests(PooledAliasTestCase):
         self.assertNotEqual(second_pid, first_pid)
         self.assertEqual(connection.database.get_stats()[S.CONNECTIONS_LOST], 1)
 
-    def test_with_conn_max_age_set_leases_still_end_with_the_request(self):
-        # Persistent connections (CONN_MAX_AGE > 0 or None) would pin a lease to the
-        # thread: past max_lifetime, past the pool's checks, away from other threads.
+    def test_with_conn_max_age_a_kept_lease_is_still_checked_at_each_request(self):
+        # Persistent connections (CONN_MAX_AGE > 0 or None) keep the lease across requests,
+        # as in Django; the pool's checks still stand between a request and a dead or
+        # expired connection.
         for max_age in (60, None):
             with self.subTest(CONN_MAX_AGE=max_age):
                 connection.close()
                 self.addCleanup(connection.settings_dict.__setitem__, "CONN_MAX_AGE", 0)
                 connection.settings_dict["CONN_MAX_AGE"] = max_age
                 (first_pid,) = request()
-                stats = connection.database.get_stats()
-                self.assertEqual(stats[S.POOL_LEASED], 0)  # back in the pool
+                self.assertEqual(request(), (first_pid,))  # kept, as Django keeps it
                 query(admin_connection(), "SELECT pg_terminate_backend(%s)", [first_pid])
                 wait_until(backend_gone(first_pid), what="the backend to exit")
                 (second_pid,) = request()  # must not raise
                 self.assertNotEqual(second_pid, first_pid)
+                connection.connection.record.expires_at = 0.0  # past max_lifetime
+                (third_pid,) = request()
+                self.assertNotEqual(third_pid, second_pid)
                 connection.close()
 
     def test_all_idle_connections_killed_at_once(self):

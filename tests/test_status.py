@@ -498,6 +498,17 @@ def renamed(test):
     test.addCleanup(query, admin, f"ALTER TABLE {TABLE}_away RENAME TO {TABLE}")
 
 
+class StackIdTests(SimpleTestCase):
+    def test_stack_ids_of_hosts_whose_names_slugify_alike_differ(self):
+        from django_pooled_pg.status.templatetags.pooled_pg_status import stack_id
+
+        conn = {"backend_pid": 42}
+        ids = {stack_id("default", {"host": host, "pid": 7}, conn) for host in ("web.1", "web1")}
+        self.assertEqual(len(ids), 2)
+        again = stack_id("default", {"host": "web.1", "pid": 7}, conn)
+        self.assertIn(again, ids)  # stable across refreshes
+
+
 class MergeTests(SimpleTestCase):
     def test_counts_and_times_add_up_and_the_average_is_recomputed(self):
         merged = merge_top_queries(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from django import template
@@ -25,8 +26,12 @@ def short_path(where: str | None) -> str:
 
 @register.simple_tag
 def stack_id(alias: str, process: dict[str, Any], conn: dict[str, Any]) -> str:
-    """Stable across refreshes, so that an opened stack stays open."""
-    return "stack-" + slugify(f"{alias}-{process['host']}-{process['pid']}-{conn['backend_pid']}")
+    """Stable across refreshes, so that an opened stack stays open; unique, so that one on
+    host "web.1" never opens the one on "web1" (a digest of the exact names follows the
+    readable part)."""
+    key = f"{alias}\0{process['host']}\0{process['pid']}\0{conn['backend_pid']}"
+    digest = hashlib.blake2s(key.encode(), digest_size=6).hexdigest()
+    return f"stack-{slugify(key.replace(chr(0), '-'))}-{digest}"
 
 
 @register.filter
