@@ -57,7 +57,9 @@ def _persistent_lease_sound(handle: ConnectionHandle) -> bool:
         return False
     if record.poller.poll(0):
         try:
-            with conn.cursor() as cursor:  # (the notifications stay the holder's)
+            # psycopg2's own cursor class: a connection_factory's (LoggingCursor) would log
+            # the ping as the holder's. The notifications read stay the holder's.
+            with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
                 cursor.execute("SELECT 1")
         except psycopg2.Error:
             return False
@@ -325,16 +327,15 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
                 if self.run_on_commit:  # (as close() leaves it)
                     self.run_on_commit = []
                 return
-        elif (
-            isinstance(handle, ConnectionHandle)
-            and not self.in_atomic_block
-            and not _persistent_lease_sound(handle)
-        ):
+        elif isinstance(handle, ConnectionHandle) and not self.in_atomic_block:
             # CONN_MAX_AGE > 0 keeps the lease across requests (check W001): the pool's
             # own checks still apply at each request's start and end, so a killed backend
             # or one past max_lifetime is replaced, not used by the next request.
-            self.close()
-            return
+            if not _FORK_MARK[0]:
+                forks.detected()  # a child of fork(2): the hooks end a lease taken before
+            if handle.lease_active and not _persistent_lease_sound(handle):
+                self.close()
+                return
         super().close_if_unusable_or_obsolete()
 
     def init_connection_state(self) -> None:

@@ -87,7 +87,10 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
         )
     # The call's own mistakes are named as the call's; bad settings are reported below.
     settings_options = settings_dict.get("OPTIONS", {}).get("pool", True)
-    base = settings_options if isinstance(settings_options, dict) else {}
+    base = {
+        **(settings_options if isinstance(settings_options, dict) else {}),
+        **_overrides.get(alias, {}),  # (earlier calls' options count too)
+    }
     problem = _problem({**base, **options})
     if problem is not None and _problem(base) is None:
         raise ImproperlyConfigured(f"configure_pool({alias!r}): {problem}")

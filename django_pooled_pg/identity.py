@@ -87,7 +87,10 @@ def parse_application_name(text: str | None) -> dict[str, Any] | None:
 def is_this_process(tag: dict[str, Any]) -> bool:
     """Whether a parsed tag is one of this process's sessions (its host as the tag holds
     it: made ASCII, maybe shortened)."""
-    return tag["pid"] == pid() and _ascii(host()).startswith(tag["host"]) and bool(tag["host"])
+    if tag["pid"] != pid():
+        return False
+    mine = parse_application_name(application_name(tag["alias"], tag.get("role")))
+    return mine is not None and mine["host"] == tag["host"]
 
 
 def _ascii(text: str) -> str:

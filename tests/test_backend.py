@@ -446,6 +446,9 @@ class ProgrammaticConfigTests(SimpleTestCase):
             configure_pool("default", max_szie=2)
         connection.close()
         self.assertEqual(connection.database.pool.config.max_size, 4)
+        # Checked with the options of earlier calls: min_size 20 fits the max_size 50 set before.
+        configure_pool("default", max_size=50)
+        self.assertEqual(configure_pool("default", min_size=20).min_size, 20)
 
     def test_django_contrib_postgres_registers_hstore_through_the_handle(self):
         import psycopg2.extensions

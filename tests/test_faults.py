@@ -56,6 +56,26 @@ class DeadConnectionTests(PooledAliasTestCase):
                 self.assertNotEqual(third_pid, second_pid)
                 connection.close()
 
+    def test_a_parked_lease_is_never_pinged_on_another_holders_connection(self):
+        from django_pooled_pg.conf import configure_pool, reset_pool_config
+
+        connection.close()
+        configure_pool("default", max_size=1)
+        self.addCleanup(reset_pool_config, "default")
+        request()  # CONN_MAX_AGE=0: the lease parks
+        other = connection.database.pool.checkout()  # another thread takes the connection
+        self.addCleanup(other.close)
+        query(other, "LISTEN dpp_ping")
+        query(admin_connection(), "NOTIFY dpp_ping")  # its socket turns readable
+        self.addCleanup(connection.settings_dict.__setitem__, "CONN_MAX_AGE", 0)
+        connection.settings_dict["CONN_MAX_AGE"] = 60  # as Django's own tests change it
+        request_started.send(sender=None)
+        activity = query(
+            admin_connection(), "SELECT query FROM pg_stat_activity WHERE pid = %s",
+            [other.record.backend_pid],
+        )  # fmt: skip
+        self.assertEqual(activity, [("LISTEN dpp_ping",)])  # no SELECT 1 of ours ran there
+
     def test_all_idle_connections_killed_at_once(self):
         handles = [connection.database.pool.checkout() for _ in range(3)]
         pids = [query(handle, "SELECT pg_backend_pid()")[0][0] for handle in handles]

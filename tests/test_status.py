@@ -185,6 +185,7 @@ class ApplicationNameTests(PooledAliasTestCase):
                 self.assertTrue(identity.is_this_process(tag))
                 self.assertFalse(identity.is_this_process({**tag, "pid": tag["pid"] + 1}))
                 self.assertFalse(identity.is_this_process({**tag, "host": "other"}))
+                self.assertFalse(identity.is_this_process({**tag, "host": tag["host"][:3]}))
 
     def test_options_application_name_wins(self):
         wrapper = DatabaseWrapper(settings_for(OPTIONS={"application_name": "billing"}), "tag")
@@ -839,6 +840,21 @@ class StatusDatabaseDownTests(SimpleTestCase):
         for message, shown in messages.items():
             with self.subTest(message):
                 self.assertEqual(describe_error(Exception(message)), shown)
+
+    def test_user_names_in_pool_names_are_hidden_whatever_they_hold(self):
+        from django_pooled_pg.pool import ConnectionPool
+        from django_pooled_pg.status.report import describe_error
+
+        for user in ("o'brien", "my user", "u@corp"):
+            with self.subTest(user):
+                pool = ConnectionPool(
+                    {**server_params(), "user": user}, name=f"default:{user}@h:5/db"
+                )
+                self.addCleanup(pool.close)
+                message = f"couldn't get a connection from pool {pool.name!r} after 1 sec"
+                shown = describe_error(Exception(message))
+                self.assertNotIn(user, shown)
+                self.assertIn("default:…@h:5/db", shown)
 
     def test_the_command_line_prints_the_reason_and_watch_keeps_trying(self):
         url = f"postgres://postgres@127.0.0.1:{a_port_nobody_listens_on()}/postgres"

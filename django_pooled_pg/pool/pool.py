@@ -1220,6 +1220,11 @@ def _forget_parent_pools() -> None:
     cleaner.forget_after_fork()
 
 
+def all_pools() -> list[ConnectionPool]:
+    """Every pool of this process, open or closed, not yet collected."""
+    return list(_all_pools)
+
+
 def close_all_pools() -> None:
     """Close every pool of this process (idle connections now, leased ones on return)."""
     for pool in list(_all_pools):

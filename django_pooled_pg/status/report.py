@@ -18,6 +18,7 @@ from django.db import DatabaseError, connections, transaction
 
 from .. import identity
 from ..pool import stats as S
+from ..pool.pool import all_pools
 from .chart import combine_history
 from .conf import status_settings
 from .models import TABLE
@@ -178,7 +179,14 @@ def describe_error(error: BaseException) -> str:
     """The first line of a database error, its SQLSTATE if any, without role names."""
     cause = error.__cause__ if isinstance(error.__cause__, Exception) else error
     lines = str(cause).strip().splitlines() or [type(cause).__name__]
-    text = _POOL_USER.sub(r"'\1:…@", _ROLE_NAME.sub(r'\1 "…"', lines[0].strip()))
+    text = _ROLE_NAME.sub(r'\1 "…"', lines[0].strip())
+    # The pools' own names, exactly: a user name may hold quotes, spaces or "@".
+    for pool in all_pools():
+        user = str(pool.conninfo.get("user") or "")
+        if user:
+            for spelled in {user, repr(user)[1:-1]}:
+                text = text.replace(f":{spelled}@", ":…@")
+    text = _POOL_USER.sub(r"'\1:…@", text)
     code = getattr(cause, "pgcode", None)
     return f"{text} (SQLSTATE {code})" if code else text
 

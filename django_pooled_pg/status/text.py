@@ -37,7 +37,7 @@ def render(
     return _CONTROL.sub(_escape, "\n".join(out)) + "\n"
 
 
-_CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # (tabs and newlines stay)
 
 
 def _escape(match: re.Match[str]) -> str:
