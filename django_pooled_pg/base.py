@@ -47,25 +47,6 @@ def _configure_new_connection(isolation_level: Any) -> Any:
     return configure
 
 
-def _persistent_lease_sound(handle: ConnectionHandle) -> bool:
-    """Whether a lease kept across requests may go on: within max_lifetime, and alive. The
-    server wrote between requests (most often the FATAL of pg_terminate_backend or of a
-    shutdown; or a notification): then a ping tells."""
-    record = handle._record
-    conn = record.conn
-    if conn.closed or time.monotonic() >= record.expires_at:
-        return False
-    if record.poller.poll(0):
-        try:
-            # psycopg2's own cursor class: a connection_factory's (LoggingCursor) would log
-            # the ping as the holder's. The notifications read stay the holder's.
-            with conn.cursor(cursor_factory=psycopg2.extensions.cursor) as cursor:
-                cursor.execute("SELECT 1")
-        except psycopg2.Error:
-            return False
-    return True
-
-
 def _frozen(fingerprint: tuple[Any, ...]) -> tuple[Any, ...]:
     """A fingerprint with a copy of its OPTIONS (two levels: OPTIONS["pool"] is a dict)."""
     options = {k: dict(v) if isinstance(v, dict) else v for k, v in fingerprint[5].items()}
@@ -331,9 +312,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             # CONN_MAX_AGE > 0 keeps the lease across requests (check W001): the pool's
             # own checks still apply at each request's start and end, so a killed backend
             # or one past max_lifetime is replaced, not used by the next request.
-            if not _FORK_MARK[0]:
-                forks.detected()  # a child of fork(2): the hooks end a lease taken before
-            if handle.lease_active and not _persistent_lease_sound(handle):
+            if not handle._pool.lease_sound(handle):
                 self.close()
                 return
         super().close_if_unusable_or_obsolete()

@@ -77,7 +77,7 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
 
     Returns the resulting config. Raises ImproperlyConfigured for a bad option, at once.
     """
-    from .registry import close_pools
+    from .registry import alias_of, close_pools
 
     settings_dict = pooled_alias_settings(alias, "configure_pool")
     if settings_dict.get("OPTIONS", {}).get("pool", True) is False:
@@ -109,7 +109,7 @@ def configure_pool(alias: str, **options: Any) -> PoolConfig:
         raise
     assert config is not None
     # Pools of the old options close as their connections come back.
-    close_pools(lambda pool: pool.name.startswith(f"{alias}:") and pool.config != config)
+    close_pools(lambda pool: alias_of(pool) == alias and pool.config != config)
     return config
 
 
@@ -123,7 +123,7 @@ def _problem(options: dict[str, Any]) -> str | None:
 
 def reset_pool_config(alias: str | None = None) -> None:
     """Forget options set with configure_pool() for ``alias`` (all aliases by default)."""
-    from .registry import close_pools
+    from .registry import alias_of, close_pools
 
     if alias is not None:
         pooled_alias_settings(alias, "reset_pool_config")
@@ -131,7 +131,7 @@ def reset_pool_config(alias: str | None = None) -> None:
     _changed()
     for name in aliases:
         if _overrides.pop(name, None) is not None:
-            close_pools(lambda pool, name=name: pool.name.startswith(f"{name}:"))
+            close_pools(lambda pool, name=name: alias_of(pool) == name)
 
 
 def is_pooled_engine(engine: Any) -> bool:

@@ -34,8 +34,7 @@ class DatabaseCreation(postgresql.DatabaseCreation):
         another thread's parked lease would go on in the old database (the real one,
         after create_test_db). Its pool closed, it resumes from the pool of the new name.
         """
-        prefix = f"{self.connection.alias}:"
-        name = self.connection.settings_dict["NAME"]
+        alias, name = self.connection.alias, self.connection.settings_dict["NAME"]
         registry.close_pools(
-            lambda pool: pool.name.startswith(prefix) and pool.conninfo.get("dbname") != name
+            lambda pool: registry.alias_of(pool) == alias and pool.conninfo.get("dbname") != name
         )

@@ -8,7 +8,7 @@ from typing import Any
 
 from .pool import ConnectionPool, PoolConfig, forks
 
-__all__ = ["close_pools", "get_pool", "pools"]
+__all__ = ["alias_of", "close_pools", "get_pool", "pools"]
 
 _pools: dict[str, ConnectionPool] = {}
 _lock = threading.Lock()
@@ -61,6 +61,12 @@ def _after_fork_in_child() -> None:
 
 
 forks.after_fork_in_child(_after_fork_in_child)
+
+
+def alias_of(pool: ConnectionPool) -> str:
+    """The alias a pool serves: base.DatabaseWrapper names pools
+    "<alias>:<user>@<host>:<port>/<dbname>" (and each alias has pools of its own)."""
+    return pool.name.partition(":")[0]
 
 
 def pools() -> list[ConnectionPool]:

@@ -75,7 +75,7 @@ def add_prepare_target(
 
     for pool in registry.pools():
         for alias, sql, _, _ in compiled:
-            if pool.name.startswith(f"{alias}:"):
+            if registry.alias_of(pool) == alias:
                 pool.add_prepare_target(sql, name, plan_cache_mode)
     return [sql for _, sql, _, _ in compiled]
 
@@ -88,7 +88,7 @@ def clear_prepare_targets(using: str | None = None) -> None:
         _registered[:] = [t for t in _registered if using is not None and t[0] != using]
     conf.invalidate_lease_targets()
     for pool in registry.pools():
-        if pool.prepared is not None and (using is None or pool.name.startswith(f"{using}:")):
+        if pool.prepared is not None and (using is None or registry.alias_of(pool) == using):
             pool.prepared.clear()
 
 

@@ -285,11 +285,14 @@ timer_run(QueryTimer *self, PyObject *const *args, Py_ssize_t nargs)
     return result;
 }
 
+/* count() and add_fetch(): (query, seconds, rows) and, for a FETCH, its run's seconds so
+ * far; ``runs`` is what the call adds to the count (1, or 0 for a FETCH). */
 static PyObject *
-timer_count(QueryTimer *self, PyObject *const *args, Py_ssize_t nargs)
+count_from_args(QueryTimer *self, PyObject *const *args, Py_ssize_t nargs, int runs,
+                const char *usage)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "count(query, seconds, rows)");
+    if (nargs != (runs ? 3 : 4)) {
+        PyErr_SetString(PyExc_TypeError, usage);
         return NULL;
     }
     if (self->by_sql == NULL) {
@@ -302,35 +305,25 @@ timer_count(QueryTimer *self, PyObject *const *args, Py_ssize_t nargs)
     long long rows = PyLong_AsLongLong(args[2]);
     if (rows == -1 && PyErr_Occurred())
         return NULL;
-    if (count_query(self, args[0], 1, seconds, seconds, rows < 0 ? 0 : rows) < 0)
+    double longest_run = runs ? seconds : PyFloat_AsDouble(args[3]);
+    if (longest_run == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (count_query(self, args[0], runs, seconds, longest_run, rows < 0 ? 0 : rows) < 0)
         return NULL;
     Py_RETURN_NONE;
+}
+
+static PyObject *
+timer_count(QueryTimer *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    return count_from_args(self, args, nargs, 1, "count(query, seconds, rows)");
 }
 
 /* add_fetch(query, seconds, rows, run_seconds): a named cursor's FETCH, as QueryStats's. */
 static PyObject *
 timer_add_fetch(QueryTimer *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "add_fetch(query, seconds, rows, run_seconds)");
-        return NULL;
-    }
-    if (self->by_sql == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "QueryTimer: cleared by the garbage collector");
-        return NULL;
-    }
-    double seconds = PyFloat_AsDouble(args[1]);
-    if (seconds == -1.0 && PyErr_Occurred())
-        return NULL;
-    long long rows = PyLong_AsLongLong(args[2]);
-    if (rows == -1 && PyErr_Occurred())
-        return NULL;
-    double run_seconds = PyFloat_AsDouble(args[3]);
-    if (run_seconds == -1.0 && PyErr_Occurred())
-        return NULL;
-    if (count_query(self, args[0], 0, seconds, run_seconds, rows < 0 ? 0 : rows) < 0)
-        return NULL;
-    Py_RETURN_NONE;
+    return count_from_args(self, args, nargs, 0, "add_fetch(query, seconds, rows, run_seconds)");
 }
 
 static PyMethodDef timer_methods[] = {

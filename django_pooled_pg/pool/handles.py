@@ -362,36 +362,31 @@ class LeaseCursor(_PSYCOPG2_CURSOR):
         return self._run(self._c_callproc, procname, parameters)
 
     def copy_expert(self, sql: Any, file: Any, size: int = 8192) -> None:
-        self._live()
-        record = self._record
-        if record.release_pending:
-            release_guard(self, record)
-        self._note(sql)
-        tracker = self._handle._pool.tracker
-        if tracker is None:
-            self._c_copy_expert(sql, file, size)
-        else:
-            run = lambda q, f: self._c_copy_expert(sql, f, size)  # noqa: E731
-            tracker.run(record, run, _query_text(sql, self), file, self)
+        self._copy(lambda f: self._c_copy_expert(sql, f, size), file, sql=sql)
 
     def copy_from(self, file: Any, table: str, *args: Any, **kwargs: Any) -> None:
-        self._copy(f"COPY {table} FROM STDIN", self._c_copy_from, file, table, args, kwargs)
+        copy = lambda f: self._c_copy_from(f, table, *args, **kwargs)  # noqa: E731
+        self._copy(copy, file, text=f"COPY {table} FROM STDIN")
 
     def copy_to(self, file: Any, table: str, *args: Any, **kwargs: Any) -> None:
-        self._copy(f"COPY {table} TO STDOUT", self._c_copy_to, file, table, args, kwargs)
+        copy = lambda f: self._c_copy_to(f, table, *args, **kwargs)  # noqa: E731
+        self._copy(copy, file, text=f"COPY {table} TO STDOUT")
 
-    def _copy(self, text: str, method: Any, file: Any, table: str, args: Any, kwargs: Any) -> None:
-        """copy_from()/copy_to(): tracked and counted (as ``text``) like copy_expert()."""
+    def _copy(self, copy: Any, file: Any, text: str | None = None, sql: Any = None) -> None:
+        """Run ``copy(file)``, a COPY (of ``sql``, or counted as ``text``), after the guard
+        savepoint's release: COPY cannot carry it in its round trip."""
         self._live()
         record = self._record
         if record.release_pending:
             release_guard(self, record)
+        if sql is not None:
+            self._note(sql)
+            text = _query_text(sql, self)
         tracker = self._handle._pool.tracker
         if tracker is None:
-            method(file, table, *args, **kwargs)
+            copy(file)
         else:
-            run = lambda q, f: method(f, table, *args, **kwargs)  # noqa: E731
-            tracker.run(record, run, text, file, self)
+            tracker.run(record, lambda q, f: copy(f), text, file, self)
 
     def _run(self, method: Any, query: Any, args: Any, prepared_run: bool = False) -> Any:
         record = self._record

@@ -36,6 +36,7 @@ __all__ = ["ConnectionPool", "close_all_pools", "detach_socket"]
 
 logger = logging.getLogger(__name__)
 
+_PSYCOPG2_CURSOR = psycopg2.extensions.cursor
 _STATUS_IDLE = psycopg2.extensions.TRANSACTION_STATUS_IDLE
 _STATUS_UNKNOWN = psycopg2.extensions.TRANSACTION_STATUS_UNKNOWN
 _STATUS_ACTIVE = psycopg2.extensions.TRANSACTION_STATUS_ACTIVE
@@ -475,16 +476,33 @@ class ConnectionPool:
             )
         return alive
 
-    def _ping(self, record: ConnectionRecord) -> bool:
+    def _ping(self, record: ConnectionRecord, for_holder: bool = False) -> bool:
         with self._lock:
             self._stats[stats.PINGS_NUM] += 1
         try:
-            with record.conn.cursor() as cursor:
+            # psycopg2's own cursor class: a connection_factory's (LoggingCursor) would
+            # log the ping as somebody's statement.
+            with record.conn.cursor(cursor_factory=_PSYCOPG2_CURSOR) as cursor:
                 cursor.execute("SELECT 1")
-            del record.conn.notifies[:]
+            if not for_holder:  # (a holder's notifications stay its own)
+                del record.conn.notifies[:]
             return True
         except psycopg2.Error:
             return False
+
+    def lease_sound(self, handle: ConnectionHandle) -> bool:
+        """For a holder that keeps its lease between units of work (Django's CONN_MAX_AGE >
+        0): whether it may go on, the checks of an idle connection applied to it. False:
+        past max_lifetime, or dead (the server wrote meanwhile: a ping tells). A lease that
+        has ended (parked, returned, forked) is not the holder's to check: True."""
+        if not _FORK_MARK[0]:
+            forks.detected()  # a child of fork(2): the hooks end a lease taken before
+        if handle._conn is None:
+            return True
+        record = handle._record
+        if record.conn.closed or time.monotonic() >= record.expires_at:
+            return False
+        return not record.poller.poll(0) or self._ping(record, for_holder=True)
 
     def _open_in_reserved_slot(self) -> ConnectionRecord:
         try:

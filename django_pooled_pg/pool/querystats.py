@@ -77,7 +77,7 @@ class QueryStats:
         # raw SQL -> shape, to spare normalize() after an eviction cleared by_sql
         self._shapes: dict[Any, str] = {}
         # characters of raw SQL in by_sql and _shapes: each is cleared past _CACHED_CHARS
-        self._by_sql_chars = self._shapes_chars = 0
+        self._by_sql_chars, self._shapes_chars = [0], [0]
         self.evictions = 0
 
     def add(self, sql: Any, seconds: float, rows: int) -> None:
@@ -127,34 +127,31 @@ class QueryStats:
             if not isinstance(text, str):
                 text = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
             shape = normalize(text)
-            size = len(sql)
-            if size <= _CACHED_TEXT_CHARS:
-                if (
-                    len(self._shapes) >= 4 * self.max_statements
-                    or self._shapes_chars + size > _CACHED_CHARS
-                ):
-                    self._shapes.clear()
-                    self._shapes_chars = 0
-                self._shapes[sql] = shape
-                self._shapes_chars += size
+            self._remember(self._shapes, self._shapes_chars, sql, shape)
         entry = self._entries.get(shape)
         if entry is None:
             if len(self._entries) >= self.max_statements:
                 self._evict()
             # [count, total seconds, max seconds, rows]: add() counts this run
             entry = self._entries[shape] = [0, 0.0, 0.0, 0]
+        self._remember(self.by_sql, self._by_sql_chars, sql, entry)
+        return entry
+
+    def _remember(self, cache: dict[Any, Any], chars: list[int], sql: Any, value: Any) -> None:
+        """``cache[sql] = value`` in one of the raw-text caches, within its bounds (cleared
+        when full; ``chars``: the characters it holds)."""
         size = len(sql)
         if size > _CACHED_TEXT_CHARS:
-            return entry
-        if len(self.by_sql) >= 4 * self.max_statements or self._by_sql_chars + size > _CACHED_CHARS:
-            self._clear_by_sql()
-        self.by_sql[sql] = entry
-        self._by_sql_chars += size
-        return entry
+            return
+        if len(cache) >= 4 * self.max_statements or chars[0] + size > _CACHED_CHARS:
+            cache.clear()
+            chars[0] = 0
+        cache[sql] = value
+        chars[0] += size
 
     def _clear_by_sql(self) -> None:
         self.by_sql.clear()
-        self._by_sql_chars = 0
+        self._by_sql_chars[0] = 0
 
     def _evict(self) -> None:
         rarest = sorted(self._entries.items(), key=lambda item: item[1][0])

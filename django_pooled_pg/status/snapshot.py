@@ -9,7 +9,7 @@ from typing import Any
 from ..pool import ConnectionPool
 from ..pool import stats as S
 from ..pool.tracker import IDLE_IN_TRANSACTION, IN_ERROR, IN_TRANSACTION
-from ..registry import pools
+from ..registry import alias_of, pools
 
 __all__ = ["collect", "merge_top_queries"]
 
@@ -19,11 +19,6 @@ _STATES_WITH_STACKS = (IN_TRANSACTION, IDLE_IN_TRANSACTION, IN_ERROR)
 _STACKS = ("lease_stack", "cursor_stack", "execute_stack")
 #: Settings shown next to the sizes (never connection parameters: no user, no password).
 _CONFIG_SHOWN = ("min_size", "max_size", "timeout", "cleaner", "tracking", "reset")
-
-
-def alias_of(pool: ConnectionPool) -> str:
-    # base.DatabaseWrapper names pools "<alias>:<user>@<host>:<port>/<dbname>".
-    return pool.name.partition(":")[0]
 
 
 #: The shape of a published snapshot: readers skip rows of another (a process running
