@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Django request-cycle benchmark: unpooled vs persistent vs pooled connections; tracking cost.
 
-    python bench/request_cycle.py [--seconds 2] [--rounds 5] [--threads 32]
+    python bench/request_cycle.py [--seconds 2] [--rounds 5] [--thread-rounds 15]
+                                  [--threads 32]
                                   [--pin same|split|none] [--profile]
                                   [--only cycle|threads|tracking ...]
                                   [--tracking-rounds 20] [--tracking-seconds 0.5]
@@ -23,7 +24,9 @@ and times the request cycle ``request_started`` -> ``connections["default"].curs
    pg_stat_activity by application_name on a separate psycopg2 connection, and fairness:
    the requests of the slowest and the fastest thread in the least even round. Its medians
    swing +-10% between runs here, so the ratio also comes from the 90th percentile of the
-   req/s of 0.1 s slices of every round: the rate while the neighbours steal little.
+   req/s of 0.1 s slices of every round: the rate while the neighbours steal little. It
+   runs 15 rounds (--thread-rounds): with 5, six runs of one version of the code gave that
+   estimate 0.87-0.98x; with 15, two runs gave 0.92x and 0.93x.
 3. Tracking (one thread, pooled, reset='auto'): tracking='off' vs 'counters' vs 'stacks'
    (the default), 20 rounds x 0.5 s, levels in a rotated order each round, on three requests:
    "cycle" (above); "orm": three Category.objects.get(pk=) and one
@@ -633,6 +636,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=2.0, help="length of one round (2)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
+    parser.add_argument(
+        "--thread-rounds", type=int, default=15, help="interleaved rounds of workload 2 (15)"
+    )
     parser.add_argument("--threads", type=int, default=32, help="threads of workload 2 (32)")
     parser.add_argument(
         "--pin", choices=("same", "split", "none"), default="same",
@@ -664,7 +670,7 @@ def main() -> int:
     if args.output is None:
         suffix = "" if args.sections == list(SECTIONS) else "-" + "-".join(args.sections)
         args.output = os.path.join(HERE, "results", f"request_cycle{suffix}.json")
-    if min(args.rounds, args.tracking_rounds) < 1:
+    if min(args.rounds, args.thread_rounds, args.tracking_rounds) < 1:
         parser.error("rounds must be at least 1")
 
     from server import start_server  # bench/server.py (this script's folder)
@@ -708,7 +714,8 @@ def run(args: argparse.Namespace, url: str) -> int:
     print(
         f"Django {django.__version__}, psycopg2 {psycopg2.__version__.split()[0]}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs; "
-        f"{args.rounds} rounds x {args.seconds:g} s; --pin {args.pin}: {args.placement}; "
+        f"{args.rounds} rounds (threads: {args.thread_rounds}) x {args.seconds:g} s; "
+        f"--pin {args.pin}: {args.placement}; "
         f"workloads: {', '.join(args.sections)}"
     )
     print(f"signals-only cycle (1 unconnected alias): {baseline_us:.1f} us")
@@ -734,6 +741,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         "workloads": args.sections,
         "seconds_per_round": args.seconds,
         "rounds": args.rounds,
+        "thread_rounds": args.thread_rounds,
         "signals_only_cycle_us": baseline_us,
     }
     ratios: dict[str, float] = {}
@@ -826,7 +834,7 @@ def run(args: argparse.Namespace, url: str) -> int:
         sampler.start()
         threaded: dict[str, list[dict]] = {alias: [] for alias in THREADED}
         print()
-        for round_index in range(args.rounds):
+        for round_index in range(args.thread_rounds):
             for alias in THREADED:
                 gc.collect()
                 threaded[alias].append(run_threaded(alias, args.threads, args.seconds))
