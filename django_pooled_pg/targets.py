@@ -10,6 +10,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from django.core.exceptions import ImproperlyConfigured
+
 from . import conf
 from .pool.prepared import UnpreparableStatement, check_plan_cache_mode, check_preparable
 
@@ -59,7 +61,13 @@ def add_prepare_target(
     check_plan_cache_mode(plan_cache_mode)
     aliases = [using] if using is not None else _pooled_aliases()
     if using is not None:
-        conf.pooled_alias_settings(using, "add_prepare_target")  # a pooled alias, or raise
+        settings_dict = conf.pooled_alias_settings(using, "add_prepare_target")
+        if settings_dict.get("OPTIONS", {}).get("pool", True) is False:
+            # (a target there would never run: the alias has no pool)
+            raise ImproperlyConfigured(
+                f"add_prepare_target(using={using!r}): DATABASES[{using!r}]['OPTIONS']"
+                f"['pool'] is False"
+            )
     compiled = []
     for alias in aliases:
         sql = compile_target(target, alias)
@@ -109,4 +117,5 @@ def _pooled_aliases() -> list[str]:
         alias
         for alias, settings in connections.settings.items()
         if conf.is_pooled_engine(settings.get("ENGINE"))
+        and settings.get("OPTIONS", {}).get("pool", True) is not False
     ]

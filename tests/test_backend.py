@@ -523,7 +523,17 @@ class ProgrammaticConfigTests(SimpleTestCase):
              "django_pooled_pg"),
             (lambda: add_prepare_target("SELECT 1", using="stock"),
              "add_prepare_target(): DATABASES['stock']['ENGINE']"),
+            (lambda: add_prepare_target("SELECT 1", using="plain"),
+             "add_prepare_target(using='plain'): DATABASES['plain']['OPTIONS']['pool'] is False"),
         ]  # fmt: skip
+        # using=None registers for the pooled aliases only
+        from django_pooled_pg import targets
+
+        add_prepare_target("SELECT 12345")
+        self.addCleanup(targets.clear_prepare_targets)
+        registered = {alias for alias, sql, *_ in targets._registered if "12345" in sql}
+        self.assertNotIn("plain", registered)
+        self.assertIn("default", registered)
         for call, message in refusals:
             with self.subTest(message), self.assertRaisesMessage(ImproperlyConfigured, message):
                 call()

@@ -337,6 +337,30 @@ class ResetSkipTests(PoolTestCase):
         self.assertEqual(query(handle, "SHOW search_path"), [("pg_catalog",)])
         handle.close()
 
+    def test_disguised_session_changes_are_reset(self):
+        # Statements the lexical check once took for clean (a review found each leaking
+        # into the next lease): the next holder of the same backend sees the baseline.
+        disguised = [
+            "/* /* */ UPDATE */ SET search_path = pg_catalog",
+            "-- x\rSET search_path = pg_catalog,\nupdate",
+            "DO 'BEGIN EXECUTE ''SE''||''T search_path = pg_catalog''; END'",
+            "SELECT query_to_xml('select s'||'et_config(''search_path'',''pg_catalog'',false)',"
+            " true, false, '')",
+        ]
+        pool = self.make_pool(max_size=1)
+        handle = pool.checkout()
+        baseline = query(handle, "SHOW search_path")
+        handle.close()
+        for sql in disguised:
+            handle = pool.checkout()
+            pid = query(handle, "SELECT pg_backend_pid()")
+            query(handle, sql)
+            handle.close()
+            handle = pool.checkout()
+            self.assertEqual(query(handle, "SELECT pg_backend_pid()"), pid)
+            self.assertEqual(query(handle, "SHOW search_path"), baseline, sql)
+            handle.close()
+
     def test_classifier_flags_what_changes_a_session(self):
         session_changing = [
             "SET search_path TO x",
@@ -377,6 +401,21 @@ class ResetSkipTests(PoolTestCase):
             # a name spelled in Unicode escapes, or with letters re folds and lower() not
             "SELECT U&\"\\0073et_config\"('work_mem', '1MB', false)",
             "SELECT pg_advİsory_lock(1)",
+            # block comments nest; "--" also ends at a carriage return; a quote inside a
+            # comment opens no string
+            "/* /* */ UPDATE */ SET search_path = pg_catalog",
+            "-- x\rSET search_path = pg_catalog,\nupdate",
+            "UPDATE t SET a = 1 /* ' */; SET search_path = x /* ' */",
+            "/* unterminated SELECT 1",
+            "UPDATE t SET a = E'\\''; SET search_path = x; --'",
+            # DO bodies build statements at run time; "local." is a custom setting's class
+            "DO 'BEGIN EXECUTE ''SE''||''T search_path = pg_catalog''; END'",
+            "DO 'BEGIN NULL; END'",
+            "SET local.tenant = 'x'",
+            "UPDATE t SET a = 1 WHERE b = (SELECT 1 FROM (SELECT 1) s); SET local.x = 1",
+            # built-ins that run a query string, or keep a connection in the session
+            "SELECT query_to_xml('select s'||'et_config(''role'',''x'',false)', true, false, '')",
+            "SELECT dblink_connect('c', 'dbname=x')",
         ]
         clean = [
             "SELECT 1",
@@ -394,6 +433,9 @@ class ResetSkipTests(PoolTestCase):
             "SELECT 'a;b' FROM t",
             'SELECT "x;y" FROM t;',
             "SELECT pg_advisory_xact_lock(1)",
+            "/* a comment */ SELECT 1",
+            "SELECT 1 -- a comment\r",
+            "SELECT 'a\\b' FROM t",
         ]
         for sql in session_changing:
             self.assertTrue(may_change_session(sql), sql)

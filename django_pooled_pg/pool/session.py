@@ -45,8 +45,9 @@ _SAFE_FIRST_WORDS = frozenset(
     "SELECT INSERT UPDATE DELETE WITH VALUES TABLE MERGE SHOW EXPLAIN COPY NOTIFY "
     "BEGIN START COMMIT END ROLLBACK ABORT SAVEPOINT RELEASE "
     "CREATE ALTER DROP TRUNCATE COMMENT GRANT REVOKE ANALYZE VACUUM REFRESH REINDEX CLUSTER "
-    "CALL DO".split()
+    "CALL".split()
 )
+# (Not DO: its body is code that can build any statement at run time, EXECUTE 'SE'||'T ...'.)
 
 #: Inside an otherwise safe statement: temporary objects (TEMP, pg_temp), session-level
 #: advisory locks (the xact ones end with the transaction), GUCs through set_config() or
@@ -58,18 +59,30 @@ _RISKY_WORDS = (
     r"\btemp(?:orary)?\b|\bpg_temp|advisory_lock|set_config|\breset\b"
     r"|\bset\s+(?:session\s+)?(?:role|authorization)|\blisten\b|\bdeclare\b|\bprepare\b"
     r"|\bnextval\b|\bsetval\b|\bsetseed\b"
+    # built-ins that run a query string (query_to_xml('se'||'lect set_config(...)')) or
+    # keep a named connection open in the session (dblink_connect)
+    r"|query_to_xml|\bdblink"
     # a Unicode-escaped name (U&"\0073et_config") could spell any of the above
     r'|\bu&"'
 )
 #: A SET (inside DO bodies, say; followed by a space, a quote or a comment) that is not
-#: SET LOCAL nor the "DO UPDATE SET" of an upsert as Django writes it.
-_RISKY = re.compile(_RISKY_WORDS + r"|(?<!\bdo update )\bset\b(?!\s+local\b)", re.IGNORECASE)
+#: SET LOCAL nor the "DO UPDATE SET" of an upsert as Django writes it. ("SET local.x = 1"
+#: is a session-level custom setting of the class "local", not SET LOCAL.)
+_RISKY = re.compile(
+    _RISKY_WORDS + r"|(?<!\bdo update )\bset\b(?!\s+local\b(?!\s*\.))", re.IGNORECASE
+)
 #: In an UPDATE, "SET col = value" is the statement's own clause, not a GUC change.
 _RISKY_IN_UPDATE = re.compile(_RISKY_WORDS, re.IGNORECASE)
-#: String literals and quoted identifiers, removed before looking for a second statement.
-_QUOTED = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
+#: A comment as the server reads it, as long as it holds no "/*": block comments nest in
+#: PostgreSQL ("/* /* */ UPDATE */ SET ..." is a SET), and a "--" comment also ends at "\r".
+#: Text with a nested or unterminated comment is never judged clean (see below).
+_COMMENT = r"--[^\n\r]*|/\*(?:[^*/]|\*(?!/)|/(?!\*))*\*/"
+#: String literals, quoted identifiers and comments, read left to right as the server's
+#: lexer does (a quote inside a comment opens nothing), removed before looking for a
+#: second statement.
+_QUOTED = re.compile(_COMMENT + r"|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
 _SECOND_STATEMENT = re.compile(r";\s*\S")
-_FIRST_WORD = re.compile(r"\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*\(*\s*([A-Za-z]+)", re.DOTALL)
+_FIRST_WORD = re.compile(r"\s*(?:(?:" + _COMMENT + r")\s*)*\(*\s*([A-Za-z]+)")
 
 
 #: Every risky pattern above contains one of these (in lower case). Python's re tries
@@ -77,7 +90,10 @@ _FIRST_WORD = re.compile(r"\s*(?:--[^\n]*\n\s*|/\*.*?\*/\s*)*\(*\s*([A-Za-z]+)",
 #: from execute_values() is cleared in milliseconds instead of a fifth of a second.
 #: (ASCII only: re's IGNORECASE also matches "ſ" for "s" where str.lower() does not, and
 #: a server in a Turkish locale folds "İ" to "i": other text always goes to the regex.)
-_RISKY_CORES = ("temp", "advisory_lock", "set", "listen", "declare", "prepare", "nextval", 'u&"')
+_RISKY_CORES = (
+    "temp", "advisory_lock", "set", "listen", "declare", "prepare", "nextval", 'u&"',
+    "query_to_xml", "dblink",
+)  # fmt: skip
 
 
 _verdicts: dict[str, bool] = {}
@@ -120,6 +136,12 @@ def may_change_session_uncached(sql: str) -> bool:
     if not sql.isascii() or any(core in lowered for core in _RISKY_CORES):
         risky = _RISKY_IN_UPDATE if first == "UPDATE" else _RISKY
         if risky.search(sql) is not None:
+            return True
+    if "/*" in sql or "\\" in sql:
+        # A nested or unterminated comment, or a backslash (E'\'' is one quote, which
+        # _QUOTED would read as the end of the string): what is quoted is not certain.
+        unquoted = _QUOTED.sub("", sql)
+        if "/*" in unquoted or ("\\" in sql and ";" in sql):
             return True
     # "SELECT 1; RESET ROLE": only the first statement was looked at above.
     return ";" in sql and _SECOND_STATEMENT.search(_QUOTED.sub("", sql)) is not None
