@@ -4,6 +4,7 @@ import datetime
 import decimal
 import io
 
+import psycopg2
 import psycopg2.extras
 from django.core.signals import request_finished, request_started
 from django.db import connection, transaction
@@ -707,6 +708,8 @@ class RewriteTests(PreparedTestCase):
             ("SELECT count(*) FROM shop_review WHERE id IN (%s, %s)", ["1", "2"]),
             ("SELECT count(*) AS n FROM shop_review WHERE id = ANY(%s)", [[2.5]]),
             ("SELECT %s", [_Datetime(2024, 1, 1, tzinfo=UTC)]),
+            # Django's BinaryField sends psycopg2.Binary: '...'::bytea, not text
+            ("SELECT length(%s), md5(%s)", [psycopg2.Binary(b"abc")] * 2),
         ]
         for sql, params in cases:
             with self.subTest(sql):
@@ -718,6 +721,21 @@ class RewriteTests(PreparedTestCase):
                     cursor.execute(sql, params)
                     self.assertEqual(cursor.fetchall(), unprepared)
                 self.assertEqual(stats_of(sql)["hits"], 1)
+        # Adapter objects that write a literal with a type of their own run unprepared:
+        # declared "unknown", EXECUTE would read them as text.
+        for sql, params in [
+            ("SELECT %s + 1", [psycopg2.Date(2024, 1, 1)]),
+            ("SELECT upper(%s)", [psycopg2.extras.NumericRange(1, 5)]),
+        ]:
+            with self.subTest(sql):
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    unprepared = cursor.fetchall()
+                connection.database.add_prepare_target(sql, name=sql)
+                with connection.cursor() as cursor:
+                    cursor.execute(sql, params)
+                    self.assertEqual(cursor.fetchall(), unprepared)
+                self.assertEqual(stats_of(sql)["hits"], 0)
         with self.assertRaises(TypeError), connection.cursor() as cursor:  # as psycopg2 says
             cursor.execute("SELECT id FROM shop_review WHERE id = %s", [1, 2])
 

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg2
 import psycopg2.extensions
+import psycopg2.extras
 
 if TYPE_CHECKING:
     from .record import ConnectionRecord
@@ -135,8 +136,18 @@ _TYPE_OF: dict[type, Any] = {
     bytes: lambda _: "bytea",
     bytearray: lambda _: "bytea",
     memoryview: lambda _: "bytea",
+    psycopg2.extensions.Binary: lambda _: "bytea",  # (Django's BinaryField sends these)
     list: _list_type,
 }
+
+
+def _writes_a_typed_literal(kind: type) -> bool:
+    """Whether psycopg2 may write a value of ``kind`` as a literal with a type of its own
+    ('...'::date for psycopg2.Date(), tstzrange(...) for a range, whatever an adapter
+    object's getquoted() returns): declared "unknown", EXECUTE would read it as text."""
+    if issubclass(kind, (psycopg2.extensions.QuotedString, psycopg2.extras.Json)):
+        return False  # plain quoted strings: "unknown" reads them as the server would
+    return hasattr(kind, "getquoted") or issubclass(kind, psycopg2.extras.Range)
 
 
 def _typer(kind: type) -> Any:
@@ -145,7 +156,10 @@ def _typer(kind: type) -> Any:
     typer = _TYPE_OF.get(kind)
     if typer is None:
         base = next((base for base in kind.__mro__[1:] if base in _TYPE_OF), None)
-        typer = _UNKNOWN if base is None else _TYPE_OF[base]
+        if base is not None:
+            typer = _TYPE_OF[base]
+        else:
+            typer = _UNTYPEABLE if _writes_a_typed_literal(kind) else _UNKNOWN
         if len(_TYPE_OF) < 1000:
             _TYPE_OF[kind] = typer
     return typer
@@ -153,6 +167,10 @@ def _typer(kind: type) -> Any:
 
 def _UNKNOWN(_: Any) -> str:
     return "unknown"
+
+
+def _UNTYPEABLE(_: Any) -> None:
+    return None  # (the statement runs unprepared)
 
 
 def parameter_type(value: Any) -> str | None:
