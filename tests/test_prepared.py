@@ -7,7 +7,7 @@ import io
 import psycopg2
 import psycopg2.extras
 from django.core.signals import request_finished, request_started
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import Count, DecimalField, ExpressionWrapper, F, Q, TextField, Value
 from django.db.models.functions import Coalesce
 from shop.models import Category, Product, Review, Supplier
@@ -474,6 +474,27 @@ class TransactionSafetyTests(PreparedTestCase):
         stats = stats_of("untyped")
         self.assertEqual((stats["hits"], stats["fallbacks"]), (0, 2))
         self.assertEqual(len(stats["unpreparable"]), 1)
+
+    def test_a_lock_timeout_on_prepare_does_not_turn_the_target_off(self):
+        # A migration holds the table: PREPARE times out on the lock, and so would the
+        # plain query. Once the lock is gone the target is prepared as if nothing happened.
+        sql = "SELECT count(*) FROM shop_review WHERE rating = %s"
+        connection.database.add_prepare_target(sql, name="locked")
+        locker = admin_connection()
+        self.addCleanup(locker.close)
+        query(locker, "BEGIN")
+        query(locker, "LOCK TABLE shop_review IN ACCESS EXCLUSIVE MODE")
+        with connection.cursor() as cursor:
+            cursor.execute("SET lock_timeout = '100ms'")
+            with self.assertRaisesMessage(OperationalError, "lock timeout"):
+                cursor.execute(sql, [1])
+        query(locker, "ROLLBACK")
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [1])
+            cursor.execute(sql, [1])
+        stats = stats_of("locked")
+        self.assertEqual(stats["unpreparable"], {})
+        self.assertEqual((stats["prepares"], stats["hits"]), (1, 2))
 
     def test_the_guard_savepoint_never_breaks_the_holders_savepoints(self):
         connection.database.add_prepare_target(Review.objects.filter(rating=1), name="sp")

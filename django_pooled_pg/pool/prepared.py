@@ -165,6 +165,19 @@ def _typer(kind: type) -> Any:
     return typer
 
 
+#: PREPARE errors that say nothing about the statement: a lock or statement timeout (a
+#: migration holds the table), a cancel, a deadlock, the server short of resources or
+#: going down; and a missing table, schema or privilege (before migrate, another
+#: search_path or role), where the unprepared query fails too. Only other errors (a type
+#: that cannot be inferred, say) turn the target off for those parameter types.
+_PASSING_CLASSES = ("08", "40", "53", "55", "57", "58")
+_PASSING_CODES = ("42P01", "3F000", "42501")
+
+
+def _passing(pgcode: str | None) -> bool:
+    return pgcode is not None and (pgcode[:2] in _PASSING_CLASSES or pgcode in _PASSING_CODES)
+
+
 def _UNKNOWN(_: Any) -> str:
     return "unknown"
 
@@ -634,8 +647,9 @@ class PreparedTargets:
                 if error.pgcode == "42P05":  # "already exists"
                     cursor.execute(f"DEALLOCATE {name}")
                 return self._prepare(cursor, record, target, signature, guarded, counted, False)
-            target.fail(signature, str(error).strip().splitlines()[0])
-            return False
+            if not _passing(error.pgcode):
+                target.fail(signature, str(error).strip().splitlines()[0])
+            return False  # (a passing failure: run unprepared now, PREPARE again next time)
         statements[name] = name
         if counted:
             target.count("prepares")
