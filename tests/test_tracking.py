@@ -351,6 +351,12 @@ class QueryStatisticsTests(PoolTestCase):
             normalize("INSERT INTO t (a, b) VALUES (%s, %s), (%s, %s), (%s, %s)"),
             "INSERT INTO t (a, b) VALUES (...)",
         )
+        # a column position is not a value
+        self.assertEqual(
+            normalize("SELECT a, b FROM t ORDER BY 2 LIMIT 5"),
+            "SELECT a, b FROM t ORDER BY 2 LIMIT ?",
+        )
+        self.assertEqual(normalize("SELECT a FROM t group by 1"), "SELECT a FROM t group by 1")
 
     def test_normalization_sees_comments_escapes_dollar_quotes_and_quoted_names(self):
         cases = {

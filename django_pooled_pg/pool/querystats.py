@@ -21,7 +21,8 @@ _PIECE = re.compile(
     r"""|(?<![\w$])[Ee]'(?:[^'\\]|\\.|'')*'"""
     r"""|(?:(?<![\w$])(?:[BbXxNn]|[Uu]&))?'(?:[^']|'')*'"""
     r"""|(?<![\w$])\$(?P<tag>(?:[A-Za-z_][A-Za-z_0-9]*)?)\$.*?(?:\$(?P=tag)\$|\Z)"""
-    r"""|(?<![\w.$"])-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w"])""",
+    # (not a column position: ORDER BY 1 and ORDER BY 2 sort differently)
+    r"""|(?<![\w.$"])(?<![Bb][Yy] )-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?(?![\w"])""",
     re.DOTALL,
 )
 _PLACEHOLDER = r"(?:\?|%s|%\(\w+\)s|\$\d+|(?i:default|null|true|false))"
