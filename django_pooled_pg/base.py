@@ -112,7 +112,9 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     def get_connection_params(self) -> dict[str, Any]:
         cached = self._cached_lease_target
         if cached is not None and cached[0] == self._settings_fingerprint():
-            return cached[3]  # Django's connect() asks on every lease
+            # (Django's connect() asks on every lease; a copy: a subclass that edits the
+            # parameters it is given must not edit the cached lease target's)
+            return dict(cached[3])
         # Django's postgresql code rejects OPTIONS["pool"] under psycopg2: show it the
         # options without our key, and keep the user's dict untouched.
         settings_dict = self.settings_dict

@@ -546,6 +546,15 @@ class ProgrammaticConfigTests(SimpleTestCase):
         later["OPTIONS"] = {"pool": False}
         self.assertIsNone(DatabaseWrapper(later, "later_plain").pool_config)
 
+    def test_connection_params_are_the_callers_to_edit(self):
+        from django.db import connection
+
+        connection.ensure_connection()  # (the lease target, parameters included, is cached)
+        self.addCleanup(connection.close)
+        params = connection.get_connection_params()
+        params["dbname"] = "somewhere_else"
+        self.assertNotEqual(connection.get_connection_params()["dbname"], "somewhere_else")
+
     def test_a_backend_built_on_this_one_gets_the_startup_checks(self):
         params = server_params()
         code = f"""
