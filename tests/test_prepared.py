@@ -20,7 +20,7 @@ from django_pooled_pg.pool.prepared import (
     parameter_types,
 )
 
-from .helpers import admin_connection, query, run_in_threads
+from .helpers import admin_connection, backend_gone, query, run_in_threads, wait_until
 from .test_lease_safety import PooledAliasTestCase
 
 UTC = datetime.timezone.utc
@@ -290,6 +290,9 @@ class ReuseTests(PreparedTestCase):
         admin = admin_connection()
         self.addCleanup(admin.close)
         query(admin, "SELECT pg_terminate_backend(%s)", [pids[0]])
+        # (pg_terminate_backend() only signals: wait for the backend to go, as a request
+        # arriving later would find it)
+        wait_until(backend_gone(pids[0]), what="the backend to exit")
         connection.database.pool.run_maintenance()
         self.assertEqual(len(list(Review.objects.filter(rating=4))), 2)
         self.assertNotEqual(connection.connection.get_backend_pid(), pids[0])
