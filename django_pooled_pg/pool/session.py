@@ -137,11 +137,13 @@ def may_change_session_uncached(sql: str) -> bool:
         risky = _RISKY_IN_UPDATE if first == "UPDATE" else _RISKY
         if risky.search(sql) is not None:
             return True
-    if "/*" in sql or "\\" in sql:
-        # A nested or unterminated comment, or a backslash (E'\'' is one quote, which
-        # _QUOTED would read as the end of the string): what is quoted is not certain.
-        unquoted = _QUOTED.sub("", sql)
-        if "/*" in unquoted or ("\\" in sql and ";" in sql):
-            return True
-    # "SELECT 1; RESET ROLE": only the first statement was looked at above.
-    return ";" in sql and _SECOND_STATEMENT.search(_QUOTED.sub("", sql)) is not None
+    if ";" not in sql and "/*" not in sql:
+        return False
+    if "\\" in sql and ";" in sql:
+        # A backslash: E'\'' is one quote, which _QUOTED would read as the end of the
+        # string, so what is quoted is not certain.
+        return True
+    unquoted = _QUOTED.sub("", sql)
+    # A nested or unterminated comment; or "SELECT 1; RESET ROLE": only the first
+    # statement was looked at above.
+    return "/*" in unquoted or _SECOND_STATEMENT.search(unquoted) is not None
