@@ -125,9 +125,11 @@ class PollerTests(PoolTestCase):
         self.assertEqual(spinner_steps_during(poller.poll, 20_000), 0)
         if len(os.sched_getaffinity(0)) > 1:
             # The detector works: select.poll() lets the GIL go at each call, and the
-            # other thread, on another CPU, takes it now and then.
+            # other thread, on another CPU, takes it now and then (when that CPU is not
+            # busy elsewhere: a loaded CI machine may need a few more tries).
             fallback = registered_poll(ours.fileno())
-            self.assertGreater(spinner_steps_during(fallback.poll, 20_000), 0)
+            tries = (spinner_steps_during(fallback.poll, 20_000 * 2**n) for n in range(5))
+            self.assertTrue(any(steps > 0 for steps in tries))
 
     def test_without_the_extension_select_poll_serves(self):
         done = run_engine_code(
